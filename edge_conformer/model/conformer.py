@@ -54,8 +54,10 @@ class ConformerCTC(nn.Module):
         subsampling_channels: int | None = None,
         norm: str = "l2",
         dropout: float = 0.1,
+        name: str = "custom",
     ) -> None:
         super().__init__()
+        self.name = name  # the size preset (xs/s/m/l), kept for reports
         self.subsampling = ConvSubsampling(
             subsampling, feat_dim, d_model, subsampling_channels or d_model
         )
@@ -65,7 +67,9 @@ class ConformerCTC(nn.Module):
         )
         self.head = nn.Linear(d_model, vocab_size + 1)
 
-    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, feats: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x, out_lengths = self.subsampling(feats, lengths)
         frames = torch.arange(x.shape[1], device=x.device)
         padding = frames[None, :] >= out_lengths[:, None]

@@ -34,8 +34,13 @@ class ConvolutionModule(nn.Module):
         self.pointwise2 = nn.Conv1d(d_model, d_model, kernel_size=1)
 
     def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, C); padding (B, T) True at padded frames, zeroed so they do not leak in."""
-        x = x.masked_fill(padding[..., None], 0.0).transpose(1, 2)
-        x = nn.functional.glu(self.pointwise1(x), dim=1)
+        """x: (B, T, C); padding (B, T) True at padded frames.
+
+        Padded frames are zeroed right before the depthwise conv (after GLU, which would turn
+        zeros into glu(bias)), so its window at an utterance's end sees what it would see
+        with no padding at all.
+        """
+        x = nn.functional.glu(self.pointwise1(x.transpose(1, 2)), dim=1)
+        x = x.masked_fill(padding[:, None, :], 0.0)
         x = nn.functional.silu(self.batch_norm(self.depthwise(x)))
         return self.pointwise2(x).transpose(1, 2)

@@ -14,11 +14,20 @@ from torch import nn
 SUBSAMPLING_KINDS = ("regular", "depthwise")
 
 
+def halved_lengths(lengths: torch.Tensor) -> torch.Tensor:
+    """Frame counts after one (kernel 3, stride 2, padding 1) convolution: ceil(n / 2)."""
+    return torch.div(lengths - 1, 2, rounding_mode="floor") + 1
+
+
 def subsampled_lengths(lengths: torch.Tensor) -> torch.Tensor:
-    """Frame counts after two (kernel 3, stride 2, padding 1) convolutions."""
-    for _ in range(2):
-        lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
-    return lengths
+    """Frame counts after the two stride-2 convolutions (4x subsampling)."""
+    return halved_lengths(halved_lengths(lengths))
+
+
+def zero_padding_frames(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zero the time steps (axis 2 of (B, C, T, F)) at or beyond each utterance's length."""
+    valid = torch.arange(x.shape[2], device=x.device)[None, :] < lengths[:, None]
+    return x * valid[:, None, :, None].to(x.dtype)
 
 
 class ConvSubsampling(nn.Module):
@@ -42,9 +51,15 @@ class ConvSubsampling(nn.Module):
             reduced_feat = (reduced_feat - 1) // 2 + 1
         self.out = nn.Linear(channels * reduced_feat, d_model)
 
-    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.relu(self.conv1(feats.unsqueeze(1)))  # (B, C, T/2, F/2)
+    def forward(
+        self, feats: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # Zero what the first conv computed over padding: otherwise the second conv's window
+        # at an utterance's end reads relu(bias) instead of zeros, and a padded utterance
+        # would be recognised differently from the same utterance alone (or in a window).
+        half_lengths = halved_lengths(lengths)
+        x = zero_padding_frames(torch.relu(self.conv1(feats.unsqueeze(1))), half_lengths)
         x = torch.relu(self.conv2(x))  # (B, C, T/4, F/4)
         batch, channels, frames, freq = x.shape
         x = x.permute(0, 2, 1, 3).reshape(batch, frames, channels * freq)
-        return self.out(x), subsampled_lengths(lengths)
+        return self.out(x), halved_lengths(half_lengths)

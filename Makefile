@@ -1,0 +1,33 @@
+# make demo : set up .venv, prepare the digits corpus, train, evaluate, print the results.
+# make test : set up .venv, run the whole test suite (slow end-to-end tests included).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FSDD_DIR ?= $(abspath ../shared/data/fsdd)
+export FSDD_DIR
+export WANDB_MODE ?= offline
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(PY) train.py $(DEMO_ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) benchmarks/train_throughput.py
+
+clean:
+	rm -rf outputs multirun data .pytest_cache

@@ -1,0 +1,290 @@
+"""Run a saved Core ML ML Program op by op in NumPy, modelling FP16 accelerator arithmetic.
+
+Core ML itself only predicts on macOS; this executor reads the MIL program and weights back
+from a `.mlpackage` and runs it anywhere, in one of `EXECUTOR_MODES`:
+
+- "fp32": no rounding at all. Checks the executor (and the conversion) against PyTorch.
+- "fp16": each op computes in float32 and its output is rounded to FP16, as are constants,
+  inputs and every float tensor: the Neural Engine stores nothing wider than FP16.
+- "fp16-strict": "fp16", and the sums inside reductions, normalisations (layer_norm, ...) and
+  softmax also accumulate in FP16, every partial sum rounded. A pessimistic accelerator: on
+  it an unprotected LayerNorm's sum of squares overflows (> 65504) for large activations.
+
+Every run counts the non-finite values that op outputs (and the hidden statistics of fused
+normalisations and softmax) contain, per op type, so callers can report `nonfinite_count`.
+Kernels live in `executor_kernels`, the FP16 arithmetic in `executor_numerics`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edge_conformer.ane.executor_kernels import KERNELS, Kernel
+from edge_conformer.ane.executor_numerics import Numerics, count_nonfinite, round_to_fp16
+
+if TYPE_CHECKING:
+    from coremltools.converters.mil.mil import Function, Operation, Var
+
+EXECUTOR_MODES = ("fp32", "fp16", "fp16-strict")
+WEIGHTS_DIR = Path("Data", "com.apple.CoreML", "weights")
+INPUT_OP_TYPE = "input"  # the stats key for inputs that overflow when rounded to FP16
+
+
+class UnsupportedOpError(NotImplementedError):
+    """The package uses an op type that has no kernel in `executor_kernels.KERNELS`."""
+
+
+class OpExecutionError(RuntimeError):
+    """A kernel failed; the message names the op, its type and the package."""
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One op of the program, resolved at load time."""
+
+    name: str
+    op_type: str
+    kernel: Kernel
+    defaults: dict[str, Any]  # MIL defaults of the optional inputs the program leaves out
+    sources: tuple[tuple[str, str | tuple[str, ...]], ...]  # input name -> value name(s)
+    outputs: tuple[str, ...]
+    release: tuple[str, ...]  # values nothing after this step reads: freed once it has run
+
+
+class PackageExecutor:
+    """Executes the `main` function of a saved `.mlpackage` in NumPy (see the module doc).
+
+    Call it with one array per model input, by name; it returns the model outputs by name
+    (float outputs as float32 arrays holding FP16 values outside fp32 mode).
+    """
+
+    def __init__(self, package_path: str | Path, mode: str = "fp16-strict") -> None:
+        if mode not in EXECUTOR_MODES:
+            raise ValueError(f"mode must be one of {EXECUTOR_MODES}, got {mode!r}")
+        self.package_path = Path(package_path)
+        self.mode = mode
+        self._rounds_to_fp16 = mode != "fp32"
+        self._numerics = Numerics(strict_fp16=mode == "fp16-strict")
+
+        spec, function = _load_main_function(self.package_path)
+        self._input_shapes = {
+            feature.name: tuple(feature.type.multiArrayType.shape)
+            for feature in spec.description.input
+        }
+        self._inputs: dict[str, Var] = dict(function.inputs)
+        self._output_names = tuple(var.name for var in function.outputs)
+        operations = list(function.operations)
+        self._check_supported(operations)
+        self._histogram = Counter(op.op_type for op in operations if op.op_type != "const")
+        self._constants = {
+            op.outputs[0].name: self._as_stored(op.outputs[0].val)
+            for op in operations
+            if op.op_type == "const"
+        }
+        self._steps = self._plan([op for op in operations if op.op_type != "const"])
+        self.reset_stats()
+
+    # -- description -----------------------------------------------------------------------
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(self._inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self._output_names
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Input shapes as the model description declares them (the default shape if flexible)."""
+        return dict(self._input_shapes)
+
+    def op_histogram(self) -> dict[str, int]:
+        """Op count per op type in the program (constants excluded), most frequent first."""
+        return dict(self._histogram.most_common())
+
+    # -- statistics ------------------------------------------------------------------------
+
+    def reset_stats(self) -> None:
+        self.nonfinite_by_op_type: dict[str, int] = {}
+        # The MIL name of the first op (or input) that held inf/NaN: where an overflow began.
+        self.first_nonfinite_op: str | None = None
+
+    @property
+    def nonfinite_count(self) -> int:
+        """inf/NaN values produced since construction or `reset_stats()`, over all ops."""
+        return sum(self.nonfinite_by_op_type.values())
+
+    def _record_nonfinite(self, op_type: str, op_name: str, count: int) -> None:
+        self.nonfinite_by_op_type[op_type] = self.nonfinite_by_op_type.get(op_type, 0) + count
+        if self.first_nonfinite_op is None:
+            self.first_nonfinite_op = op_name
+
+    # -- running ---------------------------------------------------------------------------
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        # Overflow, inf - inf and the like are what this executor is for: count, don't warn.
+        with np.errstate(all="ignore"):
+            values = {**self._constants, **self._prepare_inputs(inputs)}
+            for step in self._steps:
+                self._run_step(step, values)
+        return {name: values[name] for name in self._output_names}
+
+    def _prepare_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = sorted(set(self._inputs) - set(inputs))
+        unexpected = sorted(set(inputs) - set(self._inputs))
+        if missing or unexpected:
+            raise ValueError(
+                f"{self.package_path} takes inputs {list(self._inputs)}; "
+                f"missing {missing}, unexpected {unexpected}"
+            )
+        prepared = {}
+        for name, var in self._inputs.items():
+            # A copy, always: kernels hand arrays to torch, which wants them writable.
+            array = self._as_stored(np.array(inputs[name], dtype=_storage_dtype(var)))
+            _check_shape(name, array.shape, var.shape)
+            overflowed = count_nonfinite(array)
+            if overflowed:
+                self._record_nonfinite(INPUT_OP_TYPE, name, overflowed)
+            prepared[name] = array
+        return prepared
+
+    def _run_step(self, step: _Step, values: dict[str, Any]) -> None:
+        arguments = dict(step.defaults)
+        for param, source in step.sources:
+            if isinstance(source, str):
+                arguments[param] = values[source]
+            else:
+                arguments[param] = tuple(values[name] for name in source)
+        try:
+            result = step.kernel(self._numerics, **arguments)
+        except Exception as error:
+            raise OpExecutionError(
+                f"{self.package_path}: op {step.name!r} ({step.op_type}) failed: {error}"
+            ) from error
+
+        nonfinite = self._numerics.take_hidden_nonfinite()
+        for name, value in zip(step.outputs, _as_tuple(result), strict=True):
+            stored = self._as_stored(np.asarray(value))
+            nonfinite += count_nonfinite(stored)
+            values[name] = stored
+        if nonfinite:
+            self._record_nonfinite(step.op_type, step.name, nonfinite)
+        for name in step.release:
+            del values[name]
+
+    def _as_stored(self, value: Any) -> Any:
+        """A value as the executor holds it: floats in float32, FP16-rounded unless fp32 mode.
+
+        Strings, integers, bools and None (op parameters, indices, masks) pass unchanged.
+        """
+        is_float = isinstance(value, (float, np.floating)) or (
+            isinstance(value, np.ndarray) and value.dtype.kind == "f"
+        )
+        if not is_float:
+            return value
+        array = np.asarray(value, dtype=np.float32)
+        return round_to_fp16(array) if self._rounds_to_fp16 else array
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _check_supported(self, operations: list[Operation]) -> None:
+        unsupported = Counter(
+            op.op_type for op in operations if op.op_type != "const" and op.op_type not in KERNELS
+        )
+        if unsupported:
+            listed = ", ".join(f"{op_type} (x{count})" for op_type, count in unsupported.items())
+            raise UnsupportedOpError(
+                f"{self.package_path}: no executor kernel for op type(s) {listed}; "
+                "add one to edge_conformer/ane/executor_kernels.py"
+            )
+
+    def _plan(self, operations: list[Operation]) -> list[_Step]:
+        """Resolve every op once: its kernel, defaults, input sources and what it frees."""
+        last_reader: dict[str, int] = {}
+        for index, op in enumerate(operations):
+            for var in _input_vars(op):
+                if var.name not in self._constants:
+                    last_reader[var.name] = index
+        releases: dict[int, list[str]] = defaultdict(list)
+        for name, index in last_reader.items():
+            releases[index].append(name)
+        for index, op in enumerate(operations):  # outputs nothing reads: free at once
+            releases[index].extend(v.name for v in op.outputs if v.name not in last_reader)
+        kept = set(self._output_names)
+        return [
+            self._step(op, tuple(name for name in releases[index] if name not in kept))
+            for index, op in enumerate(operations)
+        ]
+
+    def _step(self, op: Operation, release: tuple[str, ...]) -> _Step:
+        sources: list[tuple[str, str | tuple[str, ...]]] = []
+        for param, binding in op.inputs.items():
+            if isinstance(binding, (tuple, list)):
+                sources.append((param, tuple(var.name for var in binding)))
+            else:
+                sources.append((param, binding.name))
+        defaults = {
+            param: self._as_stored(value)
+            for param, value in op.default_inputs().items()
+            if param not in op.inputs
+        }
+        return _Step(
+            name=op.name,
+            op_type=op.op_type,
+            kernel=KERNELS[op.op_type],
+            defaults=defaults,
+            sources=tuple(sources),
+            outputs=tuple(var.name for var in op.outputs),
+            release=release,
+        )
+
+
+def _load_main_function(package_path: Path) -> tuple[Any, Function]:
+    """The model spec and the MIL function Core ML would run, read from a saved package."""
+    # coremltools is the optional `export` dependency: imported only when a package is read.
+    import coremltools as ct
+    from coremltools.converters.mil.frontend.milproto.load import load
+
+    if not package_path.is_dir():
+        raise FileNotFoundError(f"no .mlpackage at {package_path}")
+    spec = ct.models.MLModel(str(package_path), skip_model_load=True).get_spec()
+    if spec.WhichOneof("Type") != "mlProgram":
+        raise ValueError(f"{package_path} is a {spec.WhichOneof('Type')} model, not an ML Program")
+    program = load(
+        spec, spec.specificationVersion, file_weights_dir=str(package_path / WEIGHTS_DIR)
+    )
+    return spec, program.functions[spec.description.defaultFunctionName or "main"]
+
+
+def _input_vars(op: Operation) -> Iterator[Var]:
+    for binding in op.inputs.values():
+        yield from binding if isinstance(binding, (tuple, list)) else (binding,)
+
+
+def _as_tuple(result: Any) -> tuple[Any, ...]:
+    return result if isinstance(result, tuple) else (result,)
+
+
+def _storage_dtype(var: Var) -> type[np.generic]:
+    """float32 for every float type (FP16 is a rounding here, not a storage type)."""
+    from coremltools.converters.mil.mil.types import nptype_from_builtin
+
+    numpy_type = nptype_from_builtin(var.dtype)
+    return np.float32 if np.issubdtype(numpy_type, np.floating) else numpy_type
+
+
+def _check_shape(name: str, shape: tuple[int, ...], declared: tuple[Any, ...]) -> None:
+    """Reject a shape that contradicts the program's; symbolic (flexible) dims match anything."""
+    fits = len(shape) == len(declared) and all(
+        not isinstance(size, (int, np.integer)) or size == actual
+        for size, actual in zip(declared, shape, strict=True)
+    )
+    if not fits:
+        raise ValueError(f"input {name!r} has shape {shape}, the program expects {declared}")

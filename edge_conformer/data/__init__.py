@@ -1,0 +1,1 @@
+"""Data: lhotse manifests, audio loading, log-mel features, SpecAugment, tokenizer, DataModule."""

@@ -1,0 +1,164 @@
+"""LightningDataModule over lhotse manifests with duration-bucketed dynamic batching."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from lhotse import CutSet
+from lhotse.dataset import DynamicBucketingSampler
+
+from edge_conformer.data.dataset import AsrDataset
+from edge_conformer.data.features import LogMelFeatures, SpecAugment
+from edge_conformer.data.manifests import cut_text, load_cuts
+from edge_conformer.data.tokenizer import Tokenizer, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """Wraps a lhotse sampler so that a resumed epoch skips the batches already trained on.
+
+    Skipping happens on cut metadata in the main process (no audio is read), and the wrapped
+    sampler's order depends only on (seed, epoch), so the resumed run sees exactly the batches
+    the uninterrupted run would have seen.
+    """
+
+    def __init__(self, sampler: DynamicBucketingSampler, dataset: AsrDataset) -> None:
+        self.sampler = sampler
+        self.dataset = dataset
+        self.skip_batches = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+        self.dataset.epoch = epoch
+
+    def __iter__(self) -> Iterator[CutSet]:
+        batches = iter(self.sampler)
+        for _ in range(self.skip_batches):
+            next(batches, None)
+        self.skip_batches = 0
+        yield from batches
+
+
+class SpeechDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        name: str,
+        prepare: Callable[..., dict[str, Path]],
+        data_dir: str,
+        train_split: str,
+        dev_split: str,
+        test_splits: Sequence[str],
+        tokenizer: dict,
+        features: dict,
+        spec_augment: dict | None,
+        max_duration: float,
+        num_buckets: int = 10,
+        num_workers: int = 2,
+        seed: int = 0,
+        **corpus_location: str,
+    ) -> None:
+        """`prepare(out_dir=...)` builds the manifests; `corpus_location` holds the corpus
+        paths the config names (data.fsdd_dir, data.corpus_dir) that `prepare` reads."""
+        super().__init__()
+        self.corpus_location = corpus_location
+        self.name = name
+        self.prepare = prepare
+        self.data_dir = Path(data_dir)
+        self.train_split = train_split
+        self.dev_split = dev_split
+        self.test_splits = list(test_splits)
+        self.tokenizer_cfg = dict(tokenizer)
+        self.features = LogMelFeatures(**features)
+        self.spec_augment = SpecAugment(**spec_augment) if spec_augment else None
+        self.max_duration = max_duration
+        self.num_buckets = num_buckets
+        self.num_workers = num_workers
+        self.seed = seed
+        self.manifests: dict[str, Path] = {}
+        self.tokenizer: Tokenizer | None = None
+        self._train_sampler: ResumableSampler | None = None
+        self._resume_position: dict | None = None
+
+    @property
+    def tokenizer_path(self) -> Path:
+        cfg = self.tokenizer_cfg
+        return self.data_dir / f"tokenizer_{cfg['model_type']}{cfg['vocab_size']}.model"
+
+    def prepare_data(self) -> None:
+        """Prepare manifests (idempotent) and train the tokenizer on the training texts."""
+        self.manifests = self.prepare(out_dir=self.data_dir)
+        if self.tokenizer_path.is_file():
+            self.tokenizer = Tokenizer(self.tokenizer_path)
+            return
+        texts = [cut_text(c) for c in load_cuts(self.manifests[self.train_split])]
+        self.tokenizer = train_tokenizer(texts, self.tokenizer_path, **self.tokenizer_cfg)
+        log.info("trained a %d-piece tokenizer: %s", self.tokenizer.vocab_size, self.tokenizer_path)
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.manifests or self.tokenizer is None:
+            self.prepare_data()
+
+    def _dataset(self, train: bool) -> AsrDataset:
+        return AsrDataset(
+            self.features, self.tokenizer, self.spec_augment if train else None, self.seed
+        )
+
+    def _sampler(self, split: str, train: bool) -> DynamicBucketingSampler:
+        world_size = self.trainer.world_size if self.trainer else 1
+        rank = self.trainer.global_rank if self.trainer else 0
+        cuts = load_cuts(self.manifests[split])
+        return DynamicBucketingSampler(
+            cuts,
+            max_duration=self.max_duration,
+            num_buckets=min(self.num_buckets, len(cuts)),
+            shuffle=train,
+            drop_last=train,
+            seed=self.seed,
+            world_size=world_size,
+            rank=rank,
+        )
+
+    def _loader(self, dataset: AsrDataset, sampler) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            dataset,
+            sampler=sampler,
+            batch_size=None,
+            num_workers=self.num_workers,
+            # A private generator keeps worker seeding off the global RNG, whose state the
+            # checkpoint restores for dropout: resumed runs then draw the same masks.
+            generator=torch.Generator(),
+        )
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        dataset = self._dataset(train=True)
+        self._train_sampler = ResumableSampler(self._sampler(self.train_split, True), dataset)
+        if self._resume_position:
+            self._train_sampler.set_epoch(self._resume_position["epoch"])
+            self._train_sampler.skip_batches = self._resume_position["batches_done"]
+            self._resume_position = None
+        return self._loader(dataset, self._train_sampler)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader(self._dataset(False), self._sampler(self.dev_split, False))
+
+    def test_dataloader(self) -> list[torch.utils.data.DataLoader]:
+        return [self._loader(self._dataset(False), self._sampler(s, False))
+                for s in self.test_splits]
+
+    # Exact resume: the checkpoint records where in the epoch training stopped.
+    def state_dict(self) -> dict:
+        if self.trainer is None:
+            return {}
+        epoch_loop = self.trainer.fit_loop.epoch_loop
+        return {
+            "epoch": self.trainer.current_epoch,
+            "batches_done": epoch_loop.batch_progress.current.completed,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_position = state or None

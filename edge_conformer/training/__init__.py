@@ -1,0 +1,1 @@
+"""Lightning training: the CTC LightningModule, schedules, callbacks and run results."""

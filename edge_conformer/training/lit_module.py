@@ -1,0 +1,165 @@
+"""The CTC LightningModule: loss, optimiser and schedule, greedy decoding, WER/CER."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from edge_conformer.data.tokenizer import Tokenizer
+from edge_conformer.decode import error_rates, greedy_ctc_decode
+from edge_conformer.model import ConformerCTC
+from edge_conformer.training.activations import ActivationMaxAbs
+from edge_conformer.training.schedules import make_schedule
+
+SAMPLE_TRANSCRIPTS = 10
+
+
+class CTCModule(L.LightningModule):
+    def __init__(
+        self,
+        model: ConformerCTC,
+        tokenizer: Tokenizer,
+        optim: dict,
+        test_names: list[str],
+        checkpoint_extras: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.optim = dict(optim)
+        self.test_names = list(test_names)
+        self.checkpoint_extras = checkpoint_extras or {}
+        self.activations = ActivationMaxAbs(model)
+        self.skipped_utterances = 0
+        self._eval_outputs: dict[int, dict[str, list[str]]] = defaultdict(
+            lambda: {"refs": [], "hyps": []}
+        )
+        self.test_results: dict[str, dict[str, float]] = {}
+        # Training time and audio seen, accumulated across resumes (stored in checkpoints).
+        self.train_seconds = 0.0
+        self.audio_seconds = 0.0
+        self._fit_started = 0.0
+        self._seconds_per_frame = 0.01
+
+    def on_train_start(self) -> None:
+        self._fit_started = time.perf_counter() - self.train_seconds
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None:
+            features = datamodule.features
+            self._seconds_per_frame = features.hop_length / features.sample_rate
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.train_seconds = time.perf_counter() - self._fit_started
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor):
+        return self.model(features, lengths)
+
+    def _ctc_loss(self, logits, out_lengths, batch) -> torch.Tensor:
+        # CTC in FP32 whatever the autocast precision: its log-sum-exp recursions underflow
+        # in half precision. Sum over each utterance, mean over the batch (NeMo's mean_batch).
+        log_probs = logits.float().log_softmax(dim=-1).transpose(0, 1)
+        losses = F.ctc_loss(
+            log_probs, batch["targets"], out_lengths, batch["target_lengths"],
+            blank=0, reduction="none", zero_infinity=True,
+        )
+        return losses.mean()
+
+    def training_step(self, batch: dict, batch_idx: int):
+        self.skipped_utterances += batch["skipped"]
+        if not batch["ids"]:
+            return None
+        log_every = self.trainer.log_every_n_steps if self.trainer else 1
+        self.activations.enabled = self.global_step % log_every == 0
+        logits, out_lengths = self(batch["features"], batch["feature_lengths"])
+        self.activations.enabled = False
+        loss = self._ctc_loss(logits, out_lengths, batch)
+        size = len(batch["ids"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=size)
+        self.audio_seconds += float(batch["feature_lengths"].sum()) * self._seconds_per_frame
+        self.log("data/skipped_utterances", float(self.skipped_utterances), batch_size=size)
+        if self.activations.values:
+            self.log_dict(self.activations.metrics(), batch_size=size)
+            self.activations.values = {}
+        return loss
+
+    def _decode_batch(self, batch: dict, dataloader_idx: int) -> torch.Tensor | None:
+        if not batch["ids"]:
+            return None
+        logits, out_lengths = self(batch["features"], batch["feature_lengths"])
+        hyps = [self.tokenizer.decode(ids) for ids in greedy_ctc_decode(logits, out_lengths)]
+        outputs = self._eval_outputs[dataloader_idx]
+        outputs["refs"] += batch["texts"]
+        outputs["hyps"] += hyps
+        return self._ctc_loss(logits, out_lengths, batch)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss = self._decode_batch(batch, 0)
+        if loss is not None:
+            self.log("val/loss", loss, batch_size=len(batch["ids"]), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        outputs = self._eval_outputs.pop(0, None)
+        if not outputs:
+            return
+        rates = error_rates(outputs["refs"], outputs["hyps"])
+        self.log("val/wer", rates["wer"], prog_bar=True, sync_dist=True)
+        self.log("val/cer", rates["cer"], sync_dist=True)
+        self._log_samples("val/samples", outputs)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._decode_batch(batch, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        for idx, outputs in sorted(self._eval_outputs.items()):
+            name = self.test_names[idx]
+            rates = error_rates(outputs["refs"], outputs["hyps"])
+            rates["utterances"] = len(outputs["refs"])
+            self.test_results[name] = rates
+            self.log(f"test/{name}/wer", rates["wer"], add_dataloader_idx=False)
+            self.log(f"test/{name}/cer", rates["cer"], add_dataloader_idx=False)
+            self._log_samples(f"test/{name}/samples", outputs)
+        self._eval_outputs.clear()
+
+    def _log_samples(self, key: str, outputs: dict[str, list[str]]) -> None:
+        """A table of reference vs hypothesis transcripts, for loggers that take tables."""
+        if self.logger is None or not hasattr(self.logger, "log_text"):
+            return
+        rows = [[r, h] for r, h in zip(outputs["refs"], outputs["hyps"])][:SAMPLE_TRANSCRIPTS]
+        self.logger.log_text(key=key, columns=["reference", "hypothesis"], data=rows)
+
+    def configure_optimizers(self):
+        optim = self.optim
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=optim["lr"], betas=tuple(optim["betas"]),
+            weight_decay=optim["weight_decay"],
+        )
+        total_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else 100_000
+        factor = make_schedule(optim["schedule"], optim["warmup_steps"], total_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        schedule = {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    # Checkpoints carry what export and transcription need (config, tokenizer), and the
+    # global RNG state so that a resumed run draws the same dropout masks.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["edge_conformer"] = {
+            **self.checkpoint_extras,
+            "tokenizer_model": self.tokenizer.model_path.read_bytes(),
+            "skipped_utterances": self.skipped_utterances,
+            "train_seconds": self.train_seconds,
+            "audio_seconds": self.audio_seconds,
+        }
+        checkpoint["rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["rng_state"])
+        extras = checkpoint.get("edge_conformer", {})
+        self.skipped_utterances = extras.get("skipped_utterances", 0)
+        self.train_seconds = extras.get("train_seconds", 0.0)
+        self.audio_seconds = extras.get("audio_seconds", 0.0)

@@ -1,0 +1,63 @@
+"""Weights & Biases logging that never blocks: offline unless the user opts in."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "wandb_run_id.txt"
+
+
+def persistent_run_id(run_dir: Path) -> str:
+    """The W&B run id of this run directory, so resumes and export continue the same run."""
+    id_file = run_dir / RUN_ID_FILE
+    if id_file.is_file():
+        return id_file.read_text().strip()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_id = secrets.token_hex(4)  # W&B ids: short, lowercase alphanumeric
+    id_file.write_text(run_id)
+    return run_id
+
+
+def wandb_logger(
+    run_dir: str,
+    name: str,
+    project: str = "edge-conformer",
+    online: bool = False,
+    group: str | None = None,
+    tags: list[str] | None = None,
+    entity: str | None = None,
+) -> WandbLogger:
+    """A WandbLogger writing under `run_dir`; online only when asked for and a key exists.
+
+    Without a key or network W&B would stall for minutes on init, so a request to go online
+    without WANDB_API_KEY (or a netrc login) falls back to offline with a warning.
+    """
+    run_dir = Path(run_dir)
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").is_file()
+    if online and not has_key:
+        log.warning("logger.online=true but no W&B API key is configured: logging offline")
+    mode = "online" if online and has_key else "offline"
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return WandbLogger(
+        name=name,
+        project=project,
+        entity=entity,
+        group=group,
+        tags=list(tags or []),
+        save_dir=str(run_dir),
+        id=persistent_run_id(run_dir),
+        offline=mode == "offline",
+        mode=mode,
+        resume="allow",
+    )
+
+
+def csv_logger(run_dir: str, name: str) -> CSVLogger:
+    return CSVLogger(save_dir=run_dir, name=name)

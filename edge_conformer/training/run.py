@@ -1,0 +1,116 @@
+"""Build everything a training run needs from the Hydra config, fit, test, report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from edge_conformer.data.datamodule import SpeechDataModule
+from edge_conformer.model import ConformerCTC, count_parameters
+from edge_conformer.training.lit_module import CTCModule
+from edge_conformer.training.results import print_results, write_results
+
+log = logging.getLogger(__name__)
+
+
+def build_model(model_cfg: DictConfig | dict, vocab_size: int, feat_dim: int) -> ConformerCTC:
+    """The Conformer-CTC of `model_cfg` (a conf/model/*.yaml) for a given vocabulary."""
+    return instantiate(model_cfg, vocab_size=vocab_size, feat_dim=feat_dim, _convert_="all")
+
+
+def _checkpoint_callback(run_dir: Path, every_n_steps: int) -> ModelCheckpoint:
+    return ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best-{step}",
+        monitor="val/wer",
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+        every_n_train_steps=every_n_steps,
+    )
+
+
+def _test_checkpoint(callback: ModelCheckpoint) -> str:
+    """Test the best validated checkpoint; the last one if validation never ran."""
+    return callback.best_model_path or callback.last_model_path
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Fit, test and report one run; returns the content of its results.json."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule: SpeechDataModule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    model = build_model(cfg.model, datamodule.tokenizer.vocab_size, datamodule.features.n_mels)
+    module = CTCModule(
+        model,
+        datamodule.tokenizer,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        test_names=list(cfg.data.test_splits),
+        checkpoint_extras={"config": OmegaConf.to_container(cfg, resolve=True)},
+    )
+    logger = False
+    if cfg.logger:
+        logger = instantiate(cfg.logger, run_dir=str(run_dir), name=cfg.run_name)
+    if logger:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    checkpoints = _checkpoint_callback(run_dir, cfg.checkpoint_every_n_steps)
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        default_root_dir=str(run_dir),
+        logger=logger,
+        callbacks=[checkpoints],
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume_from = str(last) if cfg.resume and last.is_file() else None
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    trainer.test(module, datamodule=datamodule, ckpt_path=_test_checkpoint(checkpoints))
+
+    results = {
+        "run_name": cfg.run_name,
+        "run_dir": str(run_dir),
+        "variant": {"size": cfg.model.name, "subsampling": cfg.model.subsampling,
+                    "norm": cfg.model.norm},
+        "parameters": count_parameters(model),
+        "vocab_size": datamodule.tokenizer.vocab_size,
+        "train_steps": trainer.global_step,
+        "train_wall_seconds": round(module.train_seconds, 2),
+        "train_audio_seconds": round(module.audio_seconds, 2),
+        "audio_seconds_per_second": round(
+            module.audio_seconds / max(module.train_seconds, 1e-9), 2
+        ),
+        "skipped_utterances": module.skipped_utterances,
+        "checkpoint": _test_checkpoint(checkpoints),
+        "test": module.test_results,
+        "wandb_run_id": getattr(logger, "version", None) if logger else None,
+    }
+    if trainer.is_global_zero:
+        write_results(run_dir, results)
+        print_results(results)
+        if logger and hasattr(logger, "experiment"):
+            logger.experiment.summary.update(_summary(results))
+    _finish_wandb()
+    return results
+
+
+def _summary(results: dict) -> dict:
+    summary = {f"variant/{k}": v for k, v in results["variant"].items()}
+    summary.update({k: results[k] for k in ("parameters", "train_wall_seconds",
+                                             "audio_seconds_per_second")})
+    for name, rates in results["test"].items():
+        summary[f"test/{name}/wer"] = rates["wer"]
+    return summary
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run: in a Hydra multirun the next job would otherwise log into it."""
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()

@@ -1,0 +1,101 @@
+"""The data pipeline on real audio: digits corpus, features, resampling, tokenizer."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import soundfile as sf
+import torch
+from lhotse import CutSet
+
+from edge_conformer.data.audio import read_audio
+from edge_conformer.data.corpora.digits import (
+    DIGIT_WORDS,
+    DigitsSplitSpec,
+    plan_split,
+    scan_takes,
+)
+from edge_conformer.data.dataset import AsrDataset, load_cut_audio
+from edge_conformer.data.features import LogMelFeatures, SpecAugment
+from edge_conformer.data.manifests import Utterance, build_cuts, cut_text
+from edge_conformer.data.tokenizer import train_tokenizer
+
+
+def _takes_of(cuts_path) -> list[str]:
+    return [c.supervisions[0].speaker for c in CutSet.from_file(cuts_path)]
+
+
+def test_digits_splits_hold_out_one_speaker(small_digits):
+    train_speakers = set(_takes_of(small_digits["train"]))
+    assert "theo" not in train_speakers and len(train_speakers) == 5
+    assert set(_takes_of(small_digits["unseen_speaker"])) == {"theo"}
+    assert set(_takes_of(small_digits["test"])) == train_speakers
+
+
+def test_digits_utterances_are_real_connected_digits(small_digits):
+    cuts = CutSet.from_file(small_digits["train"])
+    for cut in cuts:
+        words = cut_text(cut).split()
+        assert 2 <= len(words) <= 4 and set(words) <= set(DIGIT_WORDS)
+        assert cut.sampling_rate == 8000 and cut.duration > 0.3 * len(words)
+    audio = cuts[0].load_audio()
+    assert np.abs(audio).max() > 0.05  # real speech, not silence
+
+
+def test_test_split_uses_only_fsdd_test_takes(fsdd_dir):
+    """Takes index 0-4 are FSDD's own test split: `test` uses only them, `train` never."""
+    takes = scan_takes(fsdd_dir)
+    seen = ("george", "jackson")
+    test_plan = plan_split(DigitsSplitSpec("test", 50, seen, tuple(range(5))), takes,
+                           random.Random(0), 2, 8)
+    train_plan = plan_split(DigitsSplitSpec("train", 50, seen, tuple(range(5, 50))), takes,
+                            random.Random(0), 2, 8)
+    assert all(t.index < 5 and t.speaker in seen for utt in test_plan for t in utt)
+    assert all(t.index >= 5 for utt in train_plan for t in utt)
+    assert all(len({t.speaker for t in utt}) == 1 for utt in test_plan + train_plan)
+
+
+def test_features_are_80_bin_log_mel_at_10ms(fsdd_dir):
+    features = LogMelFeatures()
+    waveform = read_audio(fsdd_dir / "recordings" / "3_jackson_0.wav", 16000)
+    feats = features(waveform)
+    assert feats.shape == (features.num_frames(len(waveform)), 80)
+    assert torch.isfinite(feats).all()
+    torch.testing.assert_close(feats.mean(0), torch.zeros(80), atol=1e-4, rtol=0)
+
+
+def test_other_rates_are_resampled_and_stereo_down_mixed(fsdd_dir, tmp_path):
+    mono, rate = sf.read(fsdd_dir / "recordings" / "7_nicolas_3.wav", dtype="float32")
+    stereo_path = tmp_path / "stereo_44k.wav"
+    # Same speech at 44.1 kHz, in two channels of which one is silent.
+    import torchaudio.functional as AF
+
+    upsampled = AF.resample(torch.from_numpy(mono), rate, 44100).numpy()
+    sf.write(stereo_path, np.stack([upsampled, np.zeros_like(upsampled)], 1), 44100)
+    cuts = build_cuts([Utterance("stereo", stereo_path, "seven")])
+    waveform = load_cut_audio(cuts[0], 16000)
+    reference = AF.resample(torch.from_numpy(mono), rate, 16000) / 2  # mean of the channels
+    assert waveform.dim() == 1 and abs(len(waveform) - len(reference)) <= 2
+    n = min(len(waveform), len(reference))
+    assert torch.corrcoef(torch.stack([waveform[:n], reference[:n]]))[0, 1] > 0.99
+
+
+def test_spec_augment_is_reproducible_per_batch():
+    feats = torch.randn(300, 80)
+    augment = SpecAugment()
+    first = augment(feats, torch.Generator().manual_seed(1))
+    again = augment(feats, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(first, again)
+    assert (first == 0).any() and not (feats == 0).any()
+
+
+def test_dataset_batches_real_digits(small_digits, tmp_path):
+    cuts = CutSet.from_file(small_digits["dev"])
+    tokenizer = train_tokenizer([cut_text(c) for c in cuts], tmp_path / "tok.model", 32)
+    batch = AsrDataset(LogMelFeatures(), tokenizer, SpecAugment())[cuts]
+    assert batch["features"].shape[0] == len(cuts) == len(batch["texts"])
+    assert batch["features"].shape[2] == 80 and batch["skipped"] == 0
+    for text, targets, n in zip(batch["texts"], batch["targets"], batch["target_lengths"]):
+        assert (targets[:n] >= 1).all() and (targets[n:] == 0).all()  # 0 = blank, padding only
+        assert tokenizer.decode((targets[:n] - 1).tolist()) == text

@@ -1,0 +1,349 @@
+"""The package executor against PyTorch, on converted pieces of a channels-first Conformer.
+
+Conversions are module-scoped fixtures: each costs a second or two, every test reuses them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ct = pytest.importorskip("coremltools")
+
+from edge_conformer.ane.executor import (  # noqa: E402  (after the importorskip)
+    PackageExecutor,
+    UnsupportedOpError,
+)
+from edge_conformer.ane.executor_kernels import KERNELS  # noqa: E402
+from edge_conformer.ane.executor_numerics import Numerics  # noqa: E402
+
+CHANNELS = 32
+MELS = 16
+FEATURE_FRAMES = 40
+FRAMES = FEATURE_FRAMES // 4  # after two stride-2 convs
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels of (B, C, 1, S) written out as mean, variance and rsqrt.
+
+    Nothing protects the sum of squares. coremltools fuses the pattern into one `layer_norm`
+    (and the affine part into a `batch_norm`).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(1 + 0.1 * torch.randn(1, channels, 1, 1))
+        self.bias = nn.Parameter(0.1 * torch.randn(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean(dim=1, keepdim=True)
+        variance = (centred * centred).mean(dim=1, keepdim=True)
+        return centred * torch.rsqrt(variance + 1e-5) * self.weight + self.bias
+
+
+class ConformerPieces(nn.Module):
+    """Subsampling convs, a convolution module, norms and one attention head, channels-first.
+
+    features (1, MELS, T) and frame_mask (1, 1, 1, S) -> (1, 2C, 1, S).
+    """
+
+    def __init__(self, channels: int = CHANNELS, kernel_size: int = 7) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, channels, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride=2, padding=1, groups=channels)
+        self.front = nn.Conv2d(channels * MELS // 4, channels, 1)
+        self.pointwise = nn.Conv2d(channels, 2 * channels, 1)
+        self.depthwise = nn.Conv2d(
+            channels, channels, (1, kernel_size), padding=(0, kernel_size // 2), groups=channels
+        )
+        self.norm = ChannelLayerNorm(channels)
+        self.query = nn.Conv2d(channels, channels, 1)
+        self.key = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        channels = self.front.out_channels
+        x = features.reshape(1, 1, MELS, -1)
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))  # (1, C, MELS/4, S)
+        x = self.front(x.reshape(1, -1, 1, FRAMES))  # (1, C, 1, S)
+        content, gate = self.pointwise(x).split(channels, dim=1)  # GLU, written out
+        x = x + F.silu(self.depthwise(content * torch.sigmoid(gate)))
+        x = self.norm(x)
+        x = F.layer_norm(x.permute(0, 3, 2, 1), (channels,)).permute(0, 3, 2, 1)
+        scores = torch.einsum("bchq,bchk->bkhq", self.query(x), self.key(x)) * channels**-0.5
+        key_mask = frame_mask.reshape(1, -1, 1, 1)
+        scores = torch.where(key_mask > 0.5, scores, torch.full_like(scores, -1e4))
+        context = torch.einsum("bkhq,bchk->bchq", scores.softmax(dim=1), x)
+        return torch.cat([x, context], dim=1)
+
+
+def convert(
+    module: nn.Module,
+    inputs: dict[str, torch.Tensor],
+    path: Path,
+    precision: str,
+    target: str = "iOS16",
+) -> Path:
+    # As edge_conformer.ane.convert does: torch.export (torch.jit.trace is deprecated), every
+    # op decomposed to the core ATen set that coremltools converts.
+    exported = torch.export.export(module.eval(), tuple(inputs.values())).run_decompositions({})
+    model = ct.convert(
+        exported,
+        inputs=[ct.TensorType(name=name, shape=x.shape) for name, x in inputs.items()],
+        convert_to="mlprogram",
+        compute_precision=getattr(ct.precision, precision),
+        minimum_deployment_target=getattr(ct.target, target),
+    )
+    model.save(str(path))
+    return path
+
+
+def pieces_inputs(seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    frame_mask = torch.ones(1, 1, 1, FRAMES)
+    frame_mask[..., -3:] = 0  # a padded tail
+    return {
+        "features": torch.randn(1, MELS, FEATURE_FRAMES, generator=generator),
+        "frame_mask": frame_mask,
+    }
+
+
+@pytest.fixture(scope="module")
+def pieces() -> ConformerPieces:
+    torch.manual_seed(0)
+    return ConformerPieces().eval()
+
+
+@pytest.fixture(scope="module")
+def pieces_packages(pieces, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("pieces")
+    return {
+        precision: convert(pieces, pieces_inputs(), folder / f"{precision}.mlpackage", precision)
+        for precision in ("FLOAT32", "FLOAT16")
+    }
+
+
+@pytest.fixture(scope="module")
+def layer_norm_package(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("norm") / "norm.mlpackage"
+    return convert(ChannelLayerNorm(512), {"x": torch.randn(1, 512, 1, 16)}, path, "FLOAT16")
+
+
+def run(executor: PackageExecutor, inputs: dict[str, torch.Tensor]) -> np.ndarray:
+    (output,) = executor(**{name: x.numpy() for name, x in inputs.items()}).values()
+    return output
+
+
+def reference(module: nn.Module, inputs: dict[str, torch.Tensor]) -> np.ndarray:
+    with torch.no_grad():
+        return module(*inputs.values()).numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Agreement with PyTorch
+
+
+def test_fp32_mode_matches_pytorch(pieces, pieces_packages):
+    inputs = pieces_inputs(seed=1)
+    executor = PackageExecutor(pieces_packages["FLOAT32"], mode="fp32")
+    np.testing.assert_allclose(run(executor, inputs), reference(pieces, inputs), atol=1e-4)
+    assert executor.nonfinite_count == 0
+
+
+@pytest.mark.parametrize("mode", ["fp16", "fp16-strict"])
+def test_fp16_modes_match_pytorch_within_fp16_error(pieces, pieces_packages, mode):
+    inputs = pieces_inputs(seed=2)
+    expected = reference(pieces, inputs)
+    executor = PackageExecutor(pieces_packages["FLOAT16"], mode=mode)
+    output = run(executor, inputs)
+    # FP16 keeps 11 significant bits (relative spacing 1e-3); over ~30 ops the error measured
+    # here is about 1e-3 of the output range, so 5e-3 flags real faults, not rounding.
+    np.testing.assert_allclose(output, expected, atol=5e-3 * np.abs(expected).max())
+    assert executor.nonfinite_count == 0
+    assert np.array_equal(output, output.astype(np.float16).astype(np.float32))
+
+
+def test_fp32_inputs_and_outputs_cast_to_and_from_fp16(tmp_path):
+    # Before iOS16 a program's inputs and outputs are FP32: conversion adds `cast` ops.
+    torch.manual_seed(0)
+    norm = ChannelLayerNorm(64)
+    inputs = {"x": torch.randn(1, 64, 1, 8)}
+    package = convert(norm, inputs, tmp_path / "norm.mlpackage", "FLOAT16", target="iOS15")
+    executor = PackageExecutor(package, mode="fp16")
+    assert executor.op_histogram()["cast"] == 2
+    expected = reference(norm, inputs)
+    np.testing.assert_allclose(run(executor, inputs), expected, atol=5e-3 * np.abs(expected).max())
+
+
+def test_fp16_mode_rounds_what_fp32_mode_keeps(pieces_packages):
+    inputs = pieces_inputs(seed=3)
+    exact = run(PackageExecutor(pieces_packages["FLOAT32"], mode="fp32"), inputs)
+    rounded = run(PackageExecutor(pieces_packages["FLOAT32"], mode="fp16"), inputs)
+    assert not np.array_equal(exact, rounded)
+    np.testing.assert_allclose(rounded, exact, atol=5e-3 * np.abs(exact).max())
+
+
+# ---------------------------------------------------------------------------------------------
+# The behaviour fp16-strict exists for
+
+
+def test_unprotected_layer_norm_overflows_only_under_strict_fp16(layer_norm_package):
+    assert PackageExecutor(layer_norm_package).op_histogram()["layer_norm"] == 1
+    large = {"x": 300 * torch.randn(1, 512, 1, 16, generator=torch.Generator().manual_seed(4))}
+
+    fp16 = PackageExecutor(layer_norm_package, mode="fp16")
+    assert np.isfinite(run(fp16, large)).all()
+    assert fp16.nonfinite_count == 0
+
+    # Squares of ~300 are ~90000 > 65504: accumulated in FP16, every frame's sum of squares,
+    # hence its variance, is inf. (The output itself stays finite: x / sqrt(inf) is 0.)
+    strict = PackageExecutor(layer_norm_package, mode="fp16-strict")
+    run(strict, large)
+    assert strict.nonfinite_by_op_type == {"layer_norm": 16}
+    assert strict.nonfinite_count == 16
+    assert strict.first_nonfinite_op is not None
+
+
+def test_strict_fp16_layer_norm_stays_finite_for_small_activations(layer_norm_package):
+    small = {"x": 3 * torch.randn(1, 512, 1, 16, generator=torch.Generator().manual_seed(5))}
+    strict = PackageExecutor(layer_norm_package, mode="fp16-strict")
+    run(strict, small)
+    assert strict.nonfinite_count == 0
+
+
+def test_nonfinite_count_accumulates_until_reset(layer_norm_package):
+    large = {"x": 300 * torch.randn(1, 512, 1, 16, generator=torch.Generator().manual_seed(6))}
+    strict = PackageExecutor(layer_norm_package, mode="fp16-strict")
+    run(strict, large)
+    run(strict, large)
+    assert strict.nonfinite_count == 32
+    strict.reset_stats()
+    assert strict.nonfinite_count == 0
+    assert strict.first_nonfinite_op is None
+
+
+def test_inputs_beyond_fp16_range_count_as_nonfinite(layer_norm_package):
+    executor = PackageExecutor(layer_norm_package, mode="fp16")
+    run(executor, {"x": torch.full((1, 512, 1, 16), 1e5)})
+    assert executor.nonfinite_by_op_type["input"] == 512 * 16
+
+
+def test_strict_sum_stalls_where_fp16_spacing_exceeds_the_term():
+    ones = np.ones((4096, 3), dtype=np.float32)
+    # Above 2048 FP16 values are 2 apart: 2048 + 1 rounds back to 2048 (ties to even).
+    np.testing.assert_array_equal(Numerics(strict_fp16=True).sum(ones, (0,), False), 2048)
+    np.testing.assert_array_equal(Numerics(strict_fp16=False).sum(ones, (0,), False), 4096)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels whose parameters the converted modules above do not reach
+
+
+def call_kernel(op_type: str, **inputs) -> np.ndarray:
+    return KERNELS[op_type](Numerics(strict_fp16=False), **inputs)
+
+
+def test_conv_same_padding_puts_the_odd_pixel_after():
+    x = np.random.default_rng(0).standard_normal((1, 4, 9, 10)).astype(np.float32)
+    weight = np.random.default_rng(1).standard_normal((8, 2, 4, 4)).astype(np.float32)
+    conv = dict(x=x, weight=weight, bias=None, strides=[2, 2], pad=[0] * 4, dilations=[1, 1])
+    out = call_kernel("conv", pad_type="same", groups=2, **conv)
+    # ceil(9 / 2) = 5 rows need 3 padding rows (1 before, 2 after); 10 columns need 2.
+    padded = F.pad(torch.from_numpy(x), [1, 1, 1, 2])
+    expected = F.conv2d(padded, torch.from_numpy(weight), stride=2, groups=2).numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_slice_by_index_masks():
+    x = np.arange(24).reshape(2, 3, 4)
+    out = call_kernel(
+        "slice_by_index",
+        x=x,
+        begin=[1, 0, -1],
+        end=[0, 0, 0],
+        stride=[1, 2, -1],
+        begin_mask=[False, False, False],
+        end_mask=[False, True, True],
+        squeeze_mask=[True, False, False],
+    )
+    np.testing.assert_array_equal(out, x[1, 0::2, ::-1])
+
+
+def test_reshape_zero_copies_the_axis_counted_from_the_right():
+    out = call_kernel("reshape", x=np.zeros((2, 50)), shape=[1, 0, -1, 0])
+    assert out.shape == (1, 1, 2, 50)
+
+
+def test_concat_interleave_and_pad_reflect():
+    a, b = np.array([[1, 2]]), np.array([[3, 4]])
+    interleaved = call_kernel("concat", values=(a, b), axis=1, interleave=True)
+    np.testing.assert_array_equal(interleaved, [[1, 3, 2, 4]])
+    padded = call_kernel(
+        "pad", x=np.array([[1, 2, 3, 4]]), pad=[2, 1], mode="reflect", constant_val=0.0
+    )
+    np.testing.assert_array_equal(padded, [[3, 2, 1, 2, 3, 4, 3]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Description, errors and the kernel registry
+
+
+def test_description_and_op_histogram(pieces_packages):
+    executor = PackageExecutor(pieces_packages["FLOAT16"], mode="fp16")
+    assert executor.input_names == ("features", "frame_mask")
+    assert executor.input_shapes == {
+        "features": (1, MELS, FEATURE_FRAMES),
+        "frame_mask": (1, 1, 1, FRAMES),
+    }
+    assert len(executor.output_names) == 1
+    histogram = executor.op_histogram()
+    assert "const" not in histogram
+    assert histogram["conv"] == 7  # conv1, conv2, front, pointwise, depthwise, query, key
+    assert histogram["einsum"] + histogram.get("matmul", 0) == 2  # may lower one to matmul
+    assert histogram["layer_norm"] == 2
+    assert histogram["softmax"] == 1
+    assert list(histogram.values()) == sorted(histogram.values(), reverse=True)
+
+
+def test_unsupported_op_names_the_op_type_and_the_package(layer_norm_package, monkeypatch):
+    monkeypatch.delitem(KERNELS, "layer_norm")
+    with pytest.raises(UnsupportedOpError, match="layer_norm") as error:
+        PackageExecutor(layer_norm_package)
+    assert str(layer_norm_package) in str(error.value)
+
+
+def test_rejects_unknown_mode_and_mismatched_inputs(layer_norm_package):
+    with pytest.raises(ValueError, match="mode"):
+        PackageExecutor(layer_norm_package, mode="bf16")
+    executor = PackageExecutor(layer_norm_package, mode="fp16")
+    with pytest.raises(ValueError, match="missing"):
+        executor(y=np.zeros((1, 512, 1, 16)))
+    with pytest.raises(ValueError, match="shape"):
+        executor(x=np.zeros((1, 512, 1, 8)))
+
+
+def test_kernel_parameters_are_the_mil_op_inputs():
+    """A kernel takes exactly its op's MIL inputs (all opset versions), optional ones as such."""
+    from coremltools.converters.mil.mil.ops.registry import SSAOpRegistry
+
+    for op_type, kernel in KERNELS.items():
+        specs = [
+            cls.input_spec.input_types
+            for cls in SSAOpRegistry.core_ops[op_type].values()
+            if cls is not None
+        ]
+        mil_inputs = {name for spec in specs for name in spec}
+        parameters = list(inspect.signature(kernel).parameters.values())[1:]  # after `num`
+        assert {p.name for p in parameters} == mil_inputs, op_type
+        for parameter in parameters:
+            if parameter.default is inspect.Parameter.empty:
+                continue  # MIL's defaults fill optional inputs, the executor passes them all
+            assert all(
+                parameter.name not in spec or spec[parameter.name].optional for spec in specs
+            ), (op_type, parameter.name)
