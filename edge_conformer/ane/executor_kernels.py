@@ -284,7 +284,7 @@ def _plain_reduction(function: Callable[..., np.ndarray]) -> Kernel:
     def kernel(
         num: Numerics, x: np.ndarray, axes: Sequence[int] | None, keep_dims: bool
     ) -> np.ndarray:
-        return function(x, axis=_int_tuple(axes), keepdims=keep_dims)
+        return function(x, axis=_int_tuple(axes), keepdims=bool(keep_dims))
 
     return kernel
 
@@ -298,7 +298,7 @@ def _arg_reduction(function: Callable[..., np.ndarray]) -> Kernel:
     def kernel(
         num: Numerics, x: np.ndarray, axis: int, keep_dims: bool, output_dtype: str = "int32"
     ) -> np.ndarray:
-        indices = function(x, axis=int(axis), keepdims=keep_dims)
+        indices = function(x, axis=int(axis), keepdims=bool(keep_dims))
         return indices.astype(_CAST_DTYPES[output_dtype])
 
     return kernel

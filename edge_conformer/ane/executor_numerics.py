@@ -74,7 +74,8 @@ class Numerics:
         if self.strict_fp16 and terms.dtype.kind == "f":
             total = sequential_fp16_sum(terms, axes)
             return total if keepdims else np.squeeze(total, axes)
-        return np.sum(terms, axis=axes, keepdims=keepdims)
+        # MIL stores keep_dims as a NumPy bool, which NumPy's reductions reject as keepdims.
+        return np.sum(terms, axis=axes, keepdims=bool(keepdims))
 
     def mean(self, terms: np.ndarray, axes: Iterable[int] | None, keepdims: bool) -> np.ndarray:
         """Sum, then divide: under strict numerics the sum can overflow before the division."""

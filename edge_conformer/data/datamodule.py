@@ -9,11 +9,17 @@ from pathlib import Path
 import lightning as L
 import torch
 from lhotse import CutSet
-from lhotse.dataset import DynamicBucketingSampler
+from lhotse.dataset import DynamicBucketingSampler, IterableDatasetWrapper
 
 from edge_conformer.data.dataset import AsrDataset
 from edge_conformer.data.features import LogMelFeatures, SpecAugment
 from edge_conformer.data.manifests import cut_text, load_cuts
+from edge_conformer.data.storage import (
+    precompute_features,
+    shar_shard_count,
+    shar_training_cuts,
+    write_shar,
+)
 from edge_conformer.data.tokenizer import Tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -60,10 +66,18 @@ class SpeechDataModule(L.LightningDataModule):
         num_buckets: int = 10,
         num_workers: int = 2,
         seed: int = 0,
-        **corpus_location: str,
+        precompute_features: bool = False,
+        feature_writer: str = "numpy_files",
+        shar_dir: str | None = None,
+        shar_shard_size: int = 1000,
+        **corpus_location: object,
     ) -> None:
-        """`prepare(out_dir=...)` builds the manifests; `corpus_location` holds the corpus
-        paths the config names (data.fsdd_dir, data.corpus_dir) that `prepare` reads."""
+        """`prepare(out_dir=...)` builds the manifests; `corpus_location` holds what the
+        config names for `prepare` to read (data.fsdd_dir, data.corpus_dir, split lists).
+
+        `precompute_features` stores features once (lhotse storage `feature_writer`) instead
+        of computing them in the loader; `shar_dir` trains from lhotse Shar shards written
+        there (see edge_conformer/data/storage.py)."""
         super().__init__()
         self.corpus_location = corpus_location
         self.name = name
@@ -79,6 +93,11 @@ class SpeechDataModule(L.LightningDataModule):
         self.num_buckets = num_buckets
         self.num_workers = num_workers
         self.seed = seed
+        self.precompute_features = precompute_features
+        self.feature_writer = feature_writer
+        self.feature_settings = dict(features)
+        self.shar_dir = Path(shar_dir) if shar_dir else None
+        self.shar_shard_size = shar_shard_size
         self.manifests: dict[str, Path] = {}
         self.tokenizer: Tokenizer | None = None
         self._train_sampler: ResumableSampler | None = None
@@ -92,12 +111,26 @@ class SpeechDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Prepare manifests (idempotent) and train the tokenizer on the training texts."""
         self.manifests = self.prepare(out_dir=self.data_dir)
-        if self.tokenizer_path.is_file():
+        train_manifest = self.manifests[self.train_split]
+        # A tokenizer older than the training manifest was trained on other texts: retrain.
+        if (self.tokenizer_path.is_file()
+                and self.tokenizer_path.stat().st_mtime >= train_manifest.stat().st_mtime):
             self.tokenizer = Tokenizer(self.tokenizer_path)
-            return
-        texts = [cut_text(c) for c in load_cuts(self.manifests[self.train_split])]
-        self.tokenizer = train_tokenizer(texts, self.tokenizer_path, **self.tokenizer_cfg)
-        log.info("trained a %d-piece tokenizer: %s", self.tokenizer.vocab_size, self.tokenizer_path)
+        else:
+            texts = [cut_text(c) for c in load_cuts(train_manifest)]
+            self.tokenizer = train_tokenizer(texts, self.tokenizer_path, **self.tokenizer_cfg)
+            log.info("trained a %d-piece tokenizer: %s", self.tokenizer.vocab_size,
+                     self.tokenizer_path)
+        if self.precompute_features:
+            storage = self.data_dir / "features"
+            self.manifests = {
+                name: precompute_features(Path(path), self.feature_settings, storage,
+                                          self.feature_writer)
+                for name, path in self.manifests.items()
+                if name in (self.train_split, self.dev_split, *self.test_splits)
+            }
+        if self.shar_dir:
+            write_shar(self.manifests[self.train_split], self.shar_dir, self.shar_shard_size)
 
     def setup(self, stage: str | None = None) -> None:
         if not self.manifests or self.tokenizer is None:
@@ -134,8 +167,28 @@ class SpeechDataModule(L.LightningDataModule):
             generator=torch.Generator(),
         )
 
+    def _shar_train_loader(self, dataset: AsrDataset) -> torch.utils.data.DataLoader:
+        """Sampling runs inside each worker on its own shards (lhotse's Shar recipe)."""
+        readers = (self.trainer.world_size if self.trainer else 1) * max(1, self.num_workers)
+        if shar_shard_count(self.shar_dir) < readers:
+            raise ValueError(
+                f"{self.shar_dir}: {shar_shard_count(self.shar_dir)} shards for {readers} readers"
+                " (ranks x workers): lower data.shar_shard_size and rewrite the shards"
+            )
+        sampler = DynamicBucketingSampler(
+            shar_training_cuts(self.shar_dir, self.seed), max_duration=self.max_duration,
+            num_buckets=self.num_buckets, shuffle=True, drop_last=True, seed=self.seed,
+            world_size=1, rank=0,  # the shards are already split across ranks
+        )
+        return torch.utils.data.DataLoader(
+            IterableDatasetWrapper(dataset, sampler), batch_size=None,
+            num_workers=self.num_workers, generator=torch.Generator(),
+        )
+
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         dataset = self._dataset(train=True)
+        if self.shar_dir:
+            return self._shar_train_loader(dataset)
         self._train_sampler = ResumableSampler(self._sampler(self.train_split, True), dataset)
         if self._resume_position:
             self._train_sampler.set_epoch(self._resume_position["epoch"])

@@ -68,8 +68,10 @@ class AsrDataset(torch.utils.data.Dataset):
         text = cut_text(cut)
         if not text:
             raise BadAudioError(f"{cut_audio_path(cut)}: missing transcript for cut {cut.id}")
-        waveform = load_cut_audio(cut, self.features.sample_rate)
-        feats = self.features(waveform, generator)
+        if cut.has_features:  # stored by the datamodule (data.precompute_features=true)
+            feats = torch.from_numpy(cut.load_features())
+        else:
+            feats = self.features(load_cut_audio(cut, self.features.sample_rate), generator)
         if self.spec_augment is not None:
             feats = self.spec_augment(feats, generator)
         return feats, self.tokenizer.encode(text), text

@@ -2,9 +2,10 @@
 
 The bound is normwise in the input's scale: with sigma = (mean|x - mean x|^p + eps)^(1/p),
 
-    kappa      = a / sigma            (a >= max|x|: the range-reduction scale)
+    kappa      = a / sigma                  (a >= max|x|: the range-reduction scale)
     kappa_mean = mean|x| / sigma
-    Y          = max_i |y_i|          (exact output, <= min(2 kappa, d^(1/p)))
+    kappa_p    = (mean|x|^p)^(1/p) / sigma
+    Y          = max_i |y_i|                (exact output, <= min(2 kappa, d^(1/p)))
 
 the computed output satisfies max_i |y_hat_i - y_i| <= A + theta (Y + A) + eps_z, where A
 bounds the effect of rounding the input scale, the mean and the eps entry, theta the relative
@@ -52,7 +53,7 @@ def post_centring_rounding(
     low, high = computed_sum_range(d, p, prenormalizer_constant(d, p, fmt), fmt, accumulate_fmt)
     if low <= 0:
         return math.inf, math.inf
-    statistic_error = growth * (1 + u) ** (p + 1) - 1 + 2 * growth * (d + 1) * tiny / low
+    statistic_error = growth * (1 + u) ** (p + 1) - 1 + 3 * growth * (d + 1) * tiny / low
     if statistic_error >= 1:
         return math.inf, math.inf
     root_error = (1 - statistic_error) ** (-1 / p) - 1

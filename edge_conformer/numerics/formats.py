@@ -87,4 +87,3 @@ def accumulate_sum(
     for term in terms[1:]:
         total = round_to_format(total + term, fmt)
     return total.unsqueeze(dim) if keepdim else total
-

@@ -82,7 +82,7 @@ def _range_coefficients(
     growth, shrink = _accumulation_factors(d, fmt, accumulate_fmt)
     upper = growth * (1 + u) ** (p + 1) * (1 - u) ** (-4 * p) / shrink
     lower = (1 - u) ** (p + 3) * ((1 + u) ** 2 * growth) ** -p * shrink * n ** (1.0 - p)
-    slop = 2 * n * tiny  # each term may lose up to 2 m u to underflow
+    slop = 3 * n * tiny  # underflow moves each term by less than 3 m u
     return lower, slop * (1 - u) ** 2, upper, slop * growth
 
 
@@ -91,8 +91,8 @@ def computed_sum_range(
 ) -> tuple[float, float]:
     """Guaranteed range of the statistic as computed in ``fmt`` (sums in ``accumulate_fmt``).
 
-    Holds whenever the pre-normaliser s is not floored (see :func:`epsilon_floor`); when it is,
-    the statistic is still at least m (1 - u)^(p+1) > 0.
+    The upper end always holds. The lower end holds whenever the pre-normaliser s is not floored
+    at m (near-constant inputs); when it is, the statistic is still >= m (1 - u)^(p+2) > 0.
     """
     lower, lower_slop, upper, upper_slop = _range_coefficients(d, p, fmt, accumulate_fmt or fmt)
     scale = (d / k) ** p
@@ -307,7 +307,9 @@ def stable_layer_norm(
     prenormalizer: str = "mad",
     fmt: FloatFormat = FP16,
 ) -> torch.Tensor:
-    """Lp layer normalisation over ``dim``, safe in ``fmt``: (x - mean) / (mean|x - mean|^p + eps)^(1/p).
+    """Lp layer normalisation over ``dim`` that cannot overflow or underflow in ``fmt``.
+
+    Computes (x - mean) / (mean|x - mean|^p + eps)^(1/p) * weight + bias.
 
     ``weight`` and ``bias`` have length ``x.shape[dim]`` and broadcast along ``dim`` (``dim=1``
     for a (B, C, 1, S) tensor, ``dim=-1`` for (B, T, C)). ``fmt`` picks the constants the
@@ -369,5 +371,6 @@ def emulate_layer_norm(
     rounded_x = arith.round(x.double())
     output, statistic = _normalise(rounded_x, eps, dim, p, prenormalizer, fmt, arith)
     if weight is not None and bias is not None:
-        output = _affine(output, arith.round(weight.double()), arith.round(bias.double()), dim, arith)
+        weight, bias = arith.round(weight.double()), arith.round(bias.double())
+        output = _affine(output, weight, bias, dim, arith)
     return NormEmulation(output, statistic, arith.overflowed, bool((statistic == 0).any()))

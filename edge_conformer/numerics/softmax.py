@@ -81,7 +81,7 @@ def conditional_rescaled_softmax(
 
 @dataclass(frozen=True)
 class SoftmaxEmulation:
-    """Probabilities computed in a format, the arguments exp saw, and whether anything overflowed."""
+    """Probabilities computed in a format, the arguments exp saw, and whether any op overflowed."""
 
     output: torch.Tensor
     exp_arguments: torch.Tensor

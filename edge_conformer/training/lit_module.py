@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import defaultdict
 
@@ -16,6 +17,31 @@ from edge_conformer.training.activations import ActivationMaxAbs
 from edge_conformer.training.schedules import make_schedule
 
 SAMPLE_TRANSCRIPTS = 10
+LHOTSE_DUPLICATE = re.compile(r"_dup\d+$")  # lhotse.dataset.sampling.base.mark_as_duplicate
+
+
+def _no_outputs() -> dict[str, list[str]]:
+    return {"ids": [], "refs": [], "hyps": []}
+
+
+def _all_ranks(outputs: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Every rank's decoded utterances, each once: under DDP the lhotse sampler gives each rank
+    a share of an evaluation set, and repeats cuts as "<id>_dup<n>" so that every rank gets a
+    batch at the end."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return outputs
+    shares: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(shares, outputs)
+    merged, seen = _no_outputs(), set()
+    for share in shares:
+        for utt_id, ref, hyp in zip(share["ids"], share["refs"], share["hyps"]):
+            utt_id = LHOTSE_DUPLICATE.sub("", utt_id)
+            if utt_id not in seen:
+                seen.add(utt_id)
+                merged["ids"].append(utt_id)
+                merged["refs"].append(ref)
+                merged["hyps"].append(hyp)
+    return merged
 
 
 class CTCModule(L.LightningModule):
@@ -35,9 +61,7 @@ class CTCModule(L.LightningModule):
         self.checkpoint_extras = checkpoint_extras or {}
         self.activations = ActivationMaxAbs(model)
         self.skipped_utterances = 0
-        self._eval_outputs: dict[int, dict[str, list[str]]] = defaultdict(
-            lambda: {"refs": [], "hyps": []}
-        )
+        self._eval_outputs: dict[int, dict[str, list[str]]] = defaultdict(_no_outputs)
         self.test_results: dict[str, dict[str, float]] = {}
         # Training time and audio seen, accumulated across resumes (stored in checkpoints).
         self.train_seconds = 0.0
@@ -93,6 +117,7 @@ class CTCModule(L.LightningModule):
         logits, out_lengths = self(batch["features"], batch["feature_lengths"])
         hyps = [self.tokenizer.decode(ids) for ids in greedy_ctc_decode(logits, out_lengths)]
         outputs = self._eval_outputs[dataloader_idx]
+        outputs["ids"] += batch["ids"]
         outputs["refs"] += batch["texts"]
         outputs["hyps"] += hyps
         return self._ctc_loss(logits, out_lengths, batch)
@@ -103,8 +128,8 @@ class CTCModule(L.LightningModule):
             self.log("val/loss", loss, batch_size=len(batch["ids"]), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        outputs = self._eval_outputs.pop(0, None)
-        if not outputs:
+        outputs = _all_ranks(self._eval_outputs.pop(0, _no_outputs()))
+        if not outputs["refs"]:
             return
         rates = error_rates(outputs["refs"], outputs["hyps"])
         self.log("val/wer", rates["wer"], prog_bar=True, sync_dist=True)
@@ -115,8 +140,10 @@ class CTCModule(L.LightningModule):
         self._decode_batch(batch, dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
-        for idx, outputs in sorted(self._eval_outputs.items()):
-            name = self.test_names[idx]
+        for idx, name in enumerate(self.test_names):
+            outputs = _all_ranks(self._eval_outputs.get(idx, _no_outputs()))
+            if not outputs["refs"]:  # every utterance of the set was skipped as bad data
+                continue
             rates = error_rates(outputs["refs"], outputs["hyps"])
             rates["utterances"] = len(outputs["refs"])
             self.test_results[name] = rates

@@ -20,9 +20,15 @@ def persistent_run_id(run_dir: Path) -> str:
     if id_file.is_file():
         return id_file.read_text().strip()
     run_dir.mkdir(parents=True, exist_ok=True)
-    run_id = secrets.token_hex(4)  # W&B ids: short, lowercase alphanumeric
-    id_file.write_text(run_id)
-    return run_id
+    tmp = run_dir / f".{RUN_ID_FILE}.{os.getpid()}"
+    tmp.write_text(secrets.token_hex(4))  # W&B ids: short, lowercase alphanumeric
+    try:
+        os.link(tmp, id_file)  # atomic: the ranks of a SLURM job start at once, the first wins
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return id_file.read_text().strip()
 
 
 def wandb_logger(

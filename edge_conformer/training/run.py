@@ -40,19 +40,31 @@ def _test_checkpoint(callback: ModelCheckpoint) -> str:
     return callback.best_model_path or callback.last_model_path
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Fit, test and report one run; returns the content of its results.json."""
-    L.seed_everything(cfg.seed, workers=True)
+def build_datamodule(cfg: DictConfig) -> SpeechDataModule:
+    """The config's DataModule with its corpus prepared and tokenizer trained."""
     datamodule: SpeechDataModule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
+    return datamodule
+
+
+def build_module(cfg: DictConfig, datamodule: SpeechDataModule) -> CTCModule:
+    """The LightningModule for `cfg.model`, sized to the datamodule's vocabulary and features."""
     model = build_model(cfg.model, datamodule.tokenizer.vocab_size, datamodule.features.n_mels)
-    module = CTCModule(
+    return CTCModule(
         model,
         datamodule.tokenizer,
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         test_names=list(cfg.data.test_splits),
         checkpoint_extras={"config": OmegaConf.to_container(cfg, resolve=True)},
     )
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Fit, test and report one run; returns the content of its results.json."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    model = module.model
     logger = False
     if cfg.logger:
         logger = instantiate(cfg.logger, run_dir=str(run_dir), name=cfg.run_name)
@@ -60,7 +72,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     checkpoints = _checkpoint_callback(run_dir, cfg.checkpoint_every_n_steps)
     trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        # instantiate: a strategy may be an object (conf/trainer/fsdp.yaml), the rest passes as is
+        **instantiate(cfg.trainer, _convert_="all"),
         default_root_dir=str(run_dir),
         logger=logger,
         callbacks=[checkpoints],

@@ -1,0 +1,101 @@
+"""A training checkpoint as export and transcription need it: model, tokenizer, features, config.
+
+Checkpoints written by `edge_conformer.training` carry everything: the Lightning state dict
+(keys prefixed "model."), and under "edge_conformer" the resolved Hydra config and the
+SentencePiece model bytes. Users may also point at a run directory, whose results.json names
+the checkpoint that was tested (the best validated one, or the last).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from edge_conformer.data.features import LogMelFeatures
+from edge_conformer.data.tokenizer import Tokenizer
+from edge_conformer.model import ConformerCTC
+from edge_conformer.training.loggers import RUN_ID_FILE
+from edge_conformer.training.run import build_model
+
+STATE_PREFIX = "model."  # the LightningModule holds the ConformerCTC as `self.model`
+TOKENIZER_FILE = "tokenizer.model"
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path  # the .ckpt file
+    run_dir: Path  # the training run directory the checkpoint belongs to
+    config: dict  # the full resolved training config (config["model"], config["data"], ...)
+    model: ConformerCTC  # FP32, eval mode
+    tokenizer: Tokenizer
+    features: LogMelFeatures
+
+    @property
+    def wandb_run_id(self) -> str | None:
+        """The run's W&B id, if it was logged to W&B (see training/loggers.py)."""
+        id_file = self.run_dir / RUN_ID_FILE
+        return id_file.read_text().strip() if id_file.is_file() else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A .ckpt file, or the checkpoint a run directory's results.json names."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such checkpoint or run directory")
+    results_file = path / "results.json"
+    if not results_file.is_file():
+        raise FileNotFoundError(
+            f"{path} is a directory without results.json: pass a .ckpt file or a finished run"
+        )
+    recorded = Path(json.loads(results_file.read_text())["checkpoint"])
+    # A run directory that was moved or copied still holds the file under checkpoints/.
+    for candidate in (recorded, path / "checkpoints" / recorded.name):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{results_file} names {recorded}, which does not exist")
+
+
+def checkpoint_run_dir(checkpoint_path: Path) -> Path:
+    """The run directory of a checkpoint: checkpoints live in <run dir>/checkpoints/."""
+    parent = checkpoint_path.resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def load_checkpoint(path: str | Path, tokenizer_dir: Path) -> LoadedCheckpoint:
+    """Load a checkpoint (or a run directory's) into an FP32 eval-mode model and its front end.
+
+    The tokenizer travels inside the checkpoint; it is written to `tokenizer_dir`/tokenizer.model
+    (SentencePiece loads from files), where an export wants it anyway.
+    """
+    ckpt_path = resolve_checkpoint(path)
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    extras = checkpoint.get("edge_conformer")
+    if not extras or "config" not in extras or "tokenizer_model" not in extras:
+        raise ValueError(f"{ckpt_path}: not an edge-conformer training checkpoint")
+    config = extras["config"]
+    tokenizer_file = Path(tokenizer_dir) / TOKENIZER_FILE
+    tokenizer_file.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer_file.write_bytes(extras["tokenizer_model"])
+    tokenizer = Tokenizer(tokenizer_file)
+    features = LogMelFeatures(**config["data"]["features"])
+
+    model = build_model(config["model"], tokenizer.vocab_size, features.n_mels)
+    state = {
+        key.removeprefix(STATE_PREFIX): value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(STATE_PREFIX)
+    }
+    model.load_state_dict(state)
+    return LoadedCheckpoint(
+        path=ckpt_path,
+        run_dir=checkpoint_run_dir(ckpt_path),
+        config=config,
+        model=model.eval(),
+        tokenizer=tokenizer,
+        features=features,
+    )

@@ -1,0 +1,37 @@
+"""Export a trained checkpoint to an FP16 Core ML package, published only if WER parity holds.
+
+    python export.py ckpt=outputs/<run>/checkpoints/best-step=1500.ckpt out=exports/digits-xs
+    python export.py ckpt=outputs/<run> out=exports/digits-xs        # the run's tested ckpt
+    python export.py ckpt=... out=... export.executor=fp16 export.prenormalizer=none
+
+Writes DIR/model.mlpackage, tokenizer.model, frontend.json, parity.json and parity.md. When
+parity fails it exits 1, DIR is left as it was, and the report is in DIR.rejected/.
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from edge_conformer.ane.bundle import PARITY_MD
+from edge_conformer.ane.export import ExportSettings, export_checkpoint, parity_table
+
+
+@hydra.main(config_path="conf", config_name="export", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    settings = ExportSettings(**OmegaConf.to_container(cfg.export, resolve=True))
+    outcome = export_checkpoint(cfg.ckpt, cfg.out, settings)
+    console = Console()
+    console.print(parity_table(outcome.report))
+    if outcome.passed:
+        console.print(f"exported to {outcome.directory}")
+        return
+    for reason in outcome.report["reasons"]:
+        console.print(f"[red]parity failed[/red]: {reason}")
+    console.print(f"nothing published; the report is in {outcome.directory / PARITY_MD}")
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
