@@ -17,8 +17,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# The default run's directory: train.py names it after the data and model variant.
+DEMO_RUN := outputs/digits-xs-depthwise-l2
+DEMO_EXPORT := exports/digits-xs
+
 demo: setup
 	$(PY) train.py $(DEMO_ARGS)
+	$(PY) export.py ckpt=$(DEMO_RUN) out=$(DEMO_EXPORT)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -8,14 +8,19 @@ Writes DIR/model.mlpackage, tokenizer.model, frontend.json, parity.json and pari
 parity fails it exits 1, DIR is left as it was, and the report is in DIR.rejected/.
 """
 
+import os
 import sys
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
+# Before anything imports tqdm (it reads its settings then): coremltools draws a tqdm bar per
+# conversion pass, and the rich progress display already shows the conversion.
+os.environ.setdefault("TQDM_DISABLE", "1")
 
-from edge_conformer.ane.bundle import PARITY_MD
-from edge_conformer.ane.export import ExportSettings, export_checkpoint, parity_table
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from edge_conformer.ane.bundle import PARITY_MD  # noqa: E402
+from edge_conformer.ane.export import ExportSettings, export_checkpoint, parity_table  # noqa: E402
 
 
 @hydra.main(config_path="conf", config_name="export", version_base="1.3")

@@ -38,7 +38,7 @@ from edge_conformer.training.run import build_datamodule, build_module  # noqa: 
 def load_config(model: str, max_duration: float, steps: int):
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         return compose("train", overrides=[
-            f"model={model}", f"data.max_duration={max_duration}", "logger=null",
+            f"model={model}", f"data.max_duration={max_duration}", "~logger",
             f"trainer.max_steps={steps}", "trainer.enable_progress_bar=false",
             "trainer.val_check_interval=null", "+trainer.limit_val_batches=0",
         ])

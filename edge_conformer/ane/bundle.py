@@ -52,18 +52,12 @@ def feature_settings(configured: dict) -> dict:
 
 def frontend_description(features: dict, window: WindowSpec, vocab_size: int) -> dict:
     """The content of frontend.json for a package of `window` over `features` settings."""
-    frames_per_second = 1000.0 / features["hop_length_ms"]
     n_mels = features["n_mels"]
     return {
         "features": features,
         "feature_normalization": "per mel bin, mean and standard deviation over the utterance",
         "window": {
-            "frames": window.window_frames,
-            "seconds": window.window_frames / frames_per_second,
-            "overlap_frames": window.overlap_frames,
-            "overlap_seconds": window.overlap_frames / frames_per_second,
-            "hop_frames": window.hop_frames,
-            "output_frames": window.window_output_frames,
+            **window.describe(frames_per_second=1000.0 / features["hop_length_ms"]),
             "subsampling": SUBSAMPLING,
             "stitching": "keep each window's frames up to the midpoint of its overlaps",
         },

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -105,19 +107,21 @@ def _progress(console: Console) -> Progress:
 
 
 def _test_manifests(loaded: LoadedCheckpoint, settings: ExportSettings) -> dict[str, Path]:
-    """The manifests of the test sets to check, prepared as the training recipe prepares them."""
+    """The manifests of the test sets to check, from the training recipe's own preparer.
+
+    Only the preparer runs (idempotent: it finds the training run's manifests), not the
+    DataModule's prepare_data, which may also train a tokenizer or store features.
+    """
     data_cfg = dict(loaded.config["data"])
     if settings.data_dir is not None:
         data_cfg["data_dir"] = settings.data_dir
     datamodule = instantiate(data_cfg, _convert_="all")
-    datamodule.prepare_data()  # idempotent: reuses the training run's manifests
+    manifests = datamodule.prepare(out_dir=datamodule.data_dir)
     names = settings.test_sets or loaded.config["data"]["test_splits"]
-    unknown = sorted(set(names) - set(datamodule.manifests))
+    unknown = sorted(set(names) - set(manifests))
     if unknown:
-        raise ValueError(
-            f"export.test_sets names {unknown}; the corpus has {sorted(datamodule.manifests)}"
-        )
-    return {name: datamodule.manifests[name] for name in names}
+        raise ValueError(f"export.test_sets names {unknown}; the corpus has {sorted(manifests)}")
+    return {name: manifests[name] for name in names}
 
 
 def _build_package(
@@ -129,8 +133,6 @@ def _build_package(
         softmax_rescale=settings.softmax_rescale,
         window_frames=window.window_frames,
     )
-    # coremltools draws tqdm bars for its passes; the rich display already shows this step.
-    os.environ.setdefault("TQDM_DISABLE", "1")
     return convert_to_coreml(
         ane_model,
         window_frames=window.window_frames,
@@ -140,20 +142,15 @@ def _build_package(
 
 
 def _check_parity(
-    loaded: LoadedCheckpoint,
-    settings: ExportSettings,
-    window: WindowSpec,
-    staging: Path,
-    progress: Progress,
+    loaded: LoadedCheckpoint, settings: ExportSettings, staging: Path, progress: Progress
 ) -> tuple[dict[str, dict], dict[str, int]]:
     """Per-test-set parity results and the program's op histogram."""
-    bundle = load_bundle(staging)  # read back like any user of the directory would
+    bundle = load_bundle(staging)  # read back as any user of the directory will read it
     executor = PackageExecutor(bundle.package, mode=settings.executor)
+    run_fp32_window = torch_window_runner(loaded.model)
     recognizers = Recognizers(
         fp32=lambda features: whole_utterance_logits(loaded.model, features),
-        fp32_windowed=lambda features: windowed_logits(
-            features, torch_window_runner(loaded.model), window
-        ),
+        fp32_windowed=lambda features: windowed_logits(features, run_fp32_window, bundle.window),
         fp16=executor_logits(bundle, executor),
         coreml=coreml_logits(bundle) if COREML_AVAILABLE else None,
     )
@@ -184,8 +181,8 @@ def _package_bytes(package: Path) -> int:
 def _publish(staging: Path, out: Path) -> None:
     """Rename the finished staging directory to `out`, replacing what was there."""
     if out.exists():
-        replaced = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.replaced-"))
-        out.rename(replaced / out.name)
+        replaced = staging.with_name(staging.name.replace(".staging-", ".replaced-"))
+        out.rename(replaced)
         staging.rename(out)
         shutil.rmtree(replaced)
     else:
@@ -228,7 +225,7 @@ def update_wandb_run(loaded: LoadedCheckpoint, summary: dict) -> str | None:
     is set: W&B without a reachable server stalls for minutes, and export must never block.
     """
     run_id = loaded.wandb_run_id
-    if run_id is None:
+    if run_id is None or os.environ.get("WANDB_MODE") == "disabled":
         return None
     import wandb
 
@@ -252,65 +249,78 @@ def update_wandb_run(loaded: LoadedCheckpoint, summary: dict) -> str | None:
     return run_id
 
 
+@contextmanager
+def _staging_dir(out: Path) -> Iterator[Path]:
+    """A hidden sibling of `out` to build the export in, removed if the build fails.
+
+    A sibling, so that publishing is one rename on the same file system; not mkdtemp, whose
+    0700 mode the published directory would keep.
+    """
+    staging = out.with_name(f".{out.name}.staging-{os.getpid()}-{secrets.token_hex(3)}")
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # nothing half-written stays behind
+        raise
+
+
+def _report(
+    loaded: LoadedCheckpoint, settings: ExportSettings, window: WindowSpec, package: Path,
+    test_sets: dict[str, dict], ops: dict[str, int],
+) -> dict:
+    """parity.json: the gate's verdict and reasons, per-set results, settings, package facts."""
+    reasons = gate_failures(
+        test_sets, ParityThresholds(settings.min_identical, settings.max_wer_delta)
+    )
+    return {
+        "passed": not reasons,
+        "reasons": reasons,
+        "checkpoint": str(loaded.path),
+        "variant": {key: loaded.config["model"][key]
+                    for key in ("name", "subsampling", "norm", "d_model", "num_layers")},
+        "executor": settings.executor,
+        "prenormalizer": settings.prenormalizer,
+        "softmax_rescale": settings.softmax_rescale,
+        "thresholds": {"min_identical": settings.min_identical,
+                       "max_wer_delta": settings.max_wer_delta},
+        "window": window.describe(frames_per_second(loaded)),
+        "coreml_runtime": "run" if COREML_AVAILABLE else COREML_UNAVAILABLE_NOTE,
+        "package_bytes": _package_bytes(package),
+        "test_sets": test_sets,
+        "ops": ops,
+    }
+
+
+def frames_per_second(loaded: LoadedCheckpoint) -> float:
+    return loaded.features.sample_rate / loaded.features.hop_length
+
+
 def export_checkpoint(
     ckpt: str | Path, out: str | Path, settings: ExportSettings, console: Console | None = None
 ) -> ExportOutcome:
     """Export a checkpoint (or a run directory's) into `out`, if and only if parity passes."""
     started = time.perf_counter()
-    console = console or Console(stderr=True)
     out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
-    try:
-        with _progress(console) as progress:
-            step = progress.add_task("loading checkpoint", total=None)
-            loaded = load_checkpoint(ckpt, tokenizer_dir=staging)
-            frames_per_second = loaded.features.sample_rate / loaded.features.hop_length
-            window = WindowSpec.from_seconds(
-                settings.window_seconds, settings.overlap_seconds, frames_per_second
-            )
-            progress.update(step, description="converting to an FP16 Core ML package")
-            convert_started = time.perf_counter()
-            package = _build_package(loaded, settings, window, staging)
-            convert_seconds = time.perf_counter() - convert_started
-            write_frontend(
-                staging,
-                frontend_description(
-                    feature_settings(loaded.config["data"]["features"]), window,
-                    loaded.tokenizer.vocab_size,
-                ),
-            )
-            progress.update(step, description="package written", total=1, completed=1)
-            test_sets, ops = _check_parity(loaded, settings, window, staging, progress)
-
-        report = {
-            "checkpoint": str(loaded.path),
-            "variant": {key: loaded.config["model"][key]
-                        for key in ("name", "subsampling", "norm", "d_model", "num_layers")},
-            **{key: value for key, value in asdict(settings).items()
-               if key in ("executor", "prenormalizer", "softmax_rescale")},
-            "thresholds": {"min_identical": settings.min_identical,
-                           "max_wer_delta": settings.max_wer_delta},
-            "window": {"seconds": window.window_frames / frames_per_second,
-                       "frames": window.window_frames,
-                       "overlap_seconds": window.overlap_frames / frames_per_second,
-                       "overlap_frames": window.overlap_frames},
-            "coreml_runtime": "run" if COREML_AVAILABLE else COREML_UNAVAILABLE_NOTE,
-            "package_bytes": _package_bytes(package),
-            "convert_seconds": round(convert_seconds, 2),
-            "test_sets": test_sets,
-            "ops": ops,
-        }
-        report["reasons"] = gate_failures(
-            test_sets, ParityThresholds(settings.min_identical, settings.max_wer_delta)
+    with _staging_dir(out) as staging, _progress(console or Console(stderr=True)) as progress:
+        step = progress.add_task("loading checkpoint", total=None)
+        loaded = load_checkpoint(ckpt, tokenizer_dir=staging)
+        window = WindowSpec.from_seconds(
+            settings.window_seconds, settings.overlap_seconds, frames_per_second(loaded)
         )
-        report["passed"] = not report["reasons"]
-        report["export_seconds"] = round(time.perf_counter() - started, 2)
+        progress.update(step, description="converting to an FP16 Core ML package")
+        package = _build_package(loaded, settings, window, staging)
+        convert_seconds = time.perf_counter() - started
+        features = feature_settings(loaded.config["data"]["features"])
+        write_frontend(staging, frontend_description(features, window, loaded.tokenizer.vocab_size))
+        progress.update(step, description="package written", total=1, completed=1)
+        test_sets, ops = _check_parity(loaded, settings, staging, progress)
+
+        report = _report(loaded, settings, window, package, test_sets, ops)
+        report["convert_seconds"] = round(convert_seconds, 2)  # checkpoint to package
+        report["export_seconds"] = round(time.perf_counter() - started, 2)  # parity included
         (staging / PARITY_JSON).write_text(json.dumps(report, indent=2) + "\n")
         (staging / PARITY_MD).write_text(parity_markdown(report))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)  # nothing half-written stays behind
-        raise
 
     if report["passed"]:
         _publish(staging, out)
@@ -324,7 +334,10 @@ def export_checkpoint(
 
 def parity_table(report: dict) -> Table:
     verdict = "[green]PASSED[/green]" if report["passed"] else "[red]FAILED[/red]"
-    table = Table(title=f"Export parity {verdict} (executor {report['executor']})")
+    table = Table(
+        title=f"Export parity {verdict} (executor {report['executor']})",
+        caption=f"Core ML runtime: {report['coreml_runtime']}",
+    )
     for column in TABLE_COLUMNS:
         table.add_column(column, justify="left" if column == "test set" else "right")
     for row in parity_rows(report):

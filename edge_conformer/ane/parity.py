@@ -133,7 +133,8 @@ def measure_test_set(
         for name, transcript in transcripts.items():
             hyps[name].append(transcript)
         refs.append(utt.text)
-        if transcripts["fp16"] != transcripts["fp32_windowed"] and len(mismatches) < MISMATCHES_KEPT:
+        differs = transcripts["fp16"] != transcripts["fp32_windowed"]
+        if differs and len(mismatches) < MISMATCHES_KEPT:
             mismatches.append({"id": utt.utt_id, "reference": utt.text, **transcripts})
         on_utterance()
 
@@ -188,14 +189,14 @@ def gate_failures(test_sets: dict[str, dict], thresholds: ParityThresholds) -> l
 
 
 TABLE_COLUMNS = (
-    "test set", "utterances", "WER FP32 %", "WER FP32 windowed %", "WER FP16 %", "identical",
-    "non-finite", "logits PSNR dB", "Core ML runtime",
+    "test set", "utts", "WER fp32 %", "WER fp32 windowed %", "WER fp16 %", "identical",
+    "non-finite", "PSNR dB", "Core ML",
 )
 
 
-def _coreml_cell(result: dict, coreml_note: str) -> str:
+def _coreml_cell(result: dict) -> str:
     if "coreml" not in result:
-        return coreml_note
+        return "not run"
     coreml = result["coreml"]
     return f"WER {coreml['wer']:.2f}%, identical {coreml['identical']:.3f}"
 
@@ -214,7 +215,7 @@ def parity_rows(report: dict) -> list[tuple[str, ...]]:
             f"{result['identical']:.3f}",
             str(result["nonfinite"]),
             "n/a (non-finite)" if psnr is None else f"{psnr:.1f}",
-            _coreml_cell(result, report["coreml_runtime"]),
+            _coreml_cell(result),
         ))
     return rows
 
@@ -225,7 +226,8 @@ def _settings_line(report: dict) -> str:
         f"executor `{report['executor']}`, prenormalizer `{report['prenormalizer']}`, "
         f"softmax rescale `{report['softmax_rescale']}`, window {window['seconds']} s "
         f"({window['frames']} frames) with {window['overlap_seconds']} s overlap, package "
-        f"{report['package_bytes'] / 1e6:.2f} MB, export {report['export_seconds']:.0f} s"
+        f"{report['package_bytes'] / 1e6:.2f} MB, export {report['export_seconds']:.0f} s; "
+        f"Core ML runtime: {report['coreml_runtime']}"
     )
 
 
@@ -237,8 +239,10 @@ def parity_markdown(report: dict) -> str:
         "",
         f"Checkpoint `{report['checkpoint']}`; {_settings_line(report)}.",
         "",
-        "FP16 is compared with the FP32 training graph run on the same windows; 'WER FP32' is "
-        "the whole utterance, so the windowing cost is the difference of the first two WERs.",
+        "FP16 (the package, executed) is compared with the FP32 training graph run on the same "
+        "windows; 'WER fp32' decodes whole utterances, so the cost of windowing is the "
+        "difference of the first two WERs. 'identical': share of utterances whose FP16 "
+        "transcript equals the FP32 windowed one; PSNR: FP16 logits against FP32 windowed.",
         "",
         "| " + " | ".join(TABLE_COLUMNS) + " |",
         "|" + "---|" * len(TABLE_COLUMNS),

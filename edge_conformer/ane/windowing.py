@@ -41,7 +41,7 @@ def _round_to_subsampling(frames: float) -> int:
 
 @dataclass(frozen=True)
 class WindowSpec:
-    """A fixed window of `window_frames` feature frames, consecutive windows sharing `overlap_frames`."""
+    """Windows of `window_frames` feature frames; consecutive ones share `overlap_frames`."""
 
     window_frames: int
     overlap_frames: int
@@ -81,6 +81,17 @@ class WindowSpec:
     @property
     def window_output_frames(self) -> int:
         return output_frames(self.window_frames)
+
+    def describe(self, frames_per_second: float) -> dict:
+        """The window in frames and seconds, as frontend.json and parity.json report it."""
+        return {
+            "frames": self.window_frames,
+            "seconds": self.window_frames / frames_per_second,
+            "overlap_frames": self.overlap_frames,
+            "overlap_seconds": self.overlap_frames / frames_per_second,
+            "hop_frames": self.hop_frames,
+            "output_frames": self.window_output_frames,
+        }
 
     def starts(self, num_frames: int) -> list[int]:
         """Feature-frame starts of the windows covering `num_frames` frames (at least one)."""

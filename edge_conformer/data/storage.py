@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -69,14 +71,16 @@ def precompute_features(
     cuts_path: Path, features: dict, storage_dir: Path, writer: str = "numpy_files",
     num_jobs: int = 1,
 ) -> Path:
-    """A manifest of `cuts_path`'s cuts with stored features; reused while newer than it."""
-    target = cuts_path.with_name(cuts_path.name.replace(".jsonl", "_feats.jsonl"))
+    """A manifest of `cuts_path`'s cuts with stored features; reused while newer than it.
+    Its name carries a hash of the feature settings: changed settings compute anew."""
+    tag = hashlib.sha1(json.dumps(features, sort_keys=True).encode()).hexdigest()[:8]
+    target = cuts_path.with_name(cuts_path.name.replace(".jsonl", f"_feats-{tag}.jsonl"))
     if target.is_file() and target.stat().st_mtime >= cuts_path.stat().st_mtime:
         return target
     extractor = LogMelExtractor(LogMelConfig(**features))
     log.info("computing features of %s into %s", cuts_path.name, storage_dir)
     cuts = load_cuts(cuts_path).compute_and_store_features(
-        extractor, storage_dir / cuts_path.name.split(".")[0], num_jobs=num_jobs,
+        extractor, storage_dir / f"{cuts_path.name.split('.')[0]}-{tag}", num_jobs=num_jobs,
         storage_type=get_writer(writer), progress_bar=False,
     )
     tmp = target.with_name(f".tmp.{target.name}")
@@ -87,7 +91,11 @@ def precompute_features(
 
 def write_shar(cuts_path: Path, shar_dir: Path, shard_size: int = 1000) -> Path:
     """Pack `cuts_path`'s cuts and their audio (or features) into Shar shards, once."""
-    if any(shar_dir.glob("cuts.*.jsonl*")):
+    shards = list(shar_dir.glob("cuts.*.jsonl*"))
+    if shards:
+        if max(p.stat().st_mtime for p in shards) < cuts_path.stat().st_mtime:
+            raise ValueError(f"{shar_dir}: shards older than {cuts_path} (the training data "
+                             "changed): remove the directory to write them anew")
         return shar_dir
     cuts = load_cuts(cuts_path)
     fields = {"features": "numpy"} if cuts[0].has_features else {"recording": "flac"}
@@ -110,4 +118,4 @@ def shar_training_cuts(shar_dir: Path, seed: int) -> CutSet:
     cuts = CutSet.from_shar(
         in_dir=shar_dir, split_for_dataloading=True, shuffle_shards=True, seed=seed
     )
-    return cuts.repeat()
+    return cuts.repeat(preserve_id=True)

@@ -1,0 +1,106 @@
+"""tools/compare_runs.py on a real four-variant sweep, and on runs with exports beside them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, small_digits_overrides
+
+VARIANTS = {(s, n) for s in ("regular", "depthwise") for n in ("l2", "mad")}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def compare_runs(*args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "compare_runs.py"), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    """python train.py -m model.subsampling=regular,depthwise model.norm=l2,mad (tiny runs)."""
+    root = tmp_path_factory.mktemp("sweep")
+    sweep = root / "multirun"
+    cmd = [sys.executable, str(REPO / "train.py"), "-m",
+           "model.subsampling=regular,depthwise", "model.norm=l2,mad",
+           # Few buckets: with 10, no bucket of the 48 short utterances fills a batch and the
+           # training sampler (drop_last) yields none.
+           *small_digits_overrides(root / "data"), "data.num_buckets=2", "trainer.max_steps=3",
+           "trainer.val_check_interval=3", "sweep_name=test-sweep", f"hydra.sweep.dir={sweep}",
+           # The default subdir (all overrides) outgrows a file name with these many overrides.
+           "hydra.sweep.subdir=${model.subsampling}-${model.norm}"]
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return sweep
+
+
+@pytest.mark.slow
+def test_sweep_leaves_four_runs_with_their_variants_and_wandb_runs(sweep_dir):
+    results = [json.loads(p.read_text()) for p in sweep_dir.rglob("results.json")]
+    assert {(r["variant"]["subsampling"], r["variant"]["norm"]) for r in results} == VARIANTS
+    assert all(r["variant"]["size"] == "xs" and r["train_steps"] == 3 for r in results)
+    offline_runs = list(sweep_dir.rglob("wandb/offline-run-*"))
+    assert len(offline_runs) == 4
+    ids = {r["wandb_run_id"] for r in results}
+    assert len(ids) == 4 and {p.name.rsplit("-", 1)[1] for p in offline_runs} == ids
+
+
+@pytest.mark.slow
+def test_compare_runs_tabulates_and_plots_the_sweep(sweep_dir, tmp_path):
+    compare_runs(str(sweep_dir), "--out", str(tmp_path))
+    rows = table_rows((tmp_path / "comparison.md").read_text())
+    assert len(rows) == 4
+    assert {(row[2], row[3]) for row in rows} == VARIANTS
+    # Depthwise separable subsampling has fewer parameters than two regular 3x3 convolutions.
+    params = {(row[2], row[3]): float(row[4]) for row in rows}
+    assert params[("depthwise", "l2")] < params[("regular", "l2")]
+    assert all(row[-2] == "not exported" for row in rows)
+    picture = (tmp_path / "comparison.png").read_bytes()
+    assert picture.startswith(PNG_MAGIC) and len(picture) > 10_000
+
+
+def _fake_run(run_dir: Path, size: str, subsampling: str, norm: str, wer: float) -> Path:
+    (run_dir / "checkpoints").mkdir(parents=True)
+    results = {"variant": {"size": size, "subsampling": subsampling, "norm": norm},
+               "parameters": 1_000_000, "train_steps": 10, "audio_seconds_per_second": 50.0,
+               "test": {"test-other": {"wer": wer, "cer": wer / 2, "utterances": 100}}}
+    (run_dir / "results.json").write_text(json.dumps(results))
+    return run_dir / "checkpoints" / "best-step=10.ckpt"
+
+
+def _parity(checkpoint: Path, wer_fp16: float, identical: float) -> dict:
+    return {"checkpoint": str(checkpoint), "passed": identical >= 0.99,
+            "package_bytes": 3 * 2**20,
+            "test_sets": {"test-other": {"wer_fp32": 20.0, "wer_fp16": wer_fp16,
+                                         "identical": identical, "nonfinite": 0}}}
+
+
+def test_exports_are_matched_to_their_runs_by_place_or_checkpoint(tmp_path):
+    inside = _fake_run(tmp_path / "runs" / "a", "s", "depthwise", "mad", 20.0)
+    elsewhere = _fake_run(tmp_path / "runs" / "b", "s", "regular", "l2", 21.0)
+    _fake_run(tmp_path / "runs" / "c", "s", "regular", "mad", 22.0)
+    (tmp_path / "runs" / "a" / "export").mkdir()
+    (tmp_path / "runs" / "a" / "export" / "parity.json").write_text(
+        json.dumps(_parity(inside, 20.0, 1.0)))
+    (tmp_path / "exports" / "b").mkdir(parents=True)  # given separately, found by checkpoint
+    (tmp_path / "exports" / "b" / "parity.json").write_text(
+        json.dumps(_parity(elsewhere, 23.5, 0.9)))
+
+    compare_runs(str(tmp_path / "runs"), str(tmp_path / "exports"), "--out", str(tmp_path))
+    rows = {row[0]: row for row in table_rows((tmp_path / "comparison.md").read_text())}
+    assert rows["a"][-3:] == ["20.00 / 20.00 (100%)", "passed", "3.0"]
+    assert rows["b"][-3:] == ["20.00 / 23.50 (90%)", "FAILED", "3.0"]
+    assert rows["c"][-3:] == ["–", "not exported", "–"]
+    assert (tmp_path / "comparison.png").read_bytes().startswith(PNG_MAGIC)

@@ -1,0 +1,102 @@
+"""export.py end to end on a tiny trained digits model: parity gate, publishing, W&B, stress."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, TEST_EXPORT, run_export
+from omegaconf import OmegaConf
+
+from edge_conformer.ane.export import ExportSettings, export_checkpoint
+
+pytestmark = pytest.mark.slow
+
+EXPORT_FILES = {"model.mlpackage", "tokenizer.model", "frontend.json", "parity.json", "parity.md"}
+
+
+def settings(**overrides) -> ExportSettings:
+    defaults = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "export" / "default.yaml"))
+    return ExportSettings(**{**defaults, **TEST_EXPORT, **overrides})
+
+
+def assert_parity_holds(report: dict) -> None:
+    assert report["passed"] and not report["reasons"]
+    assert report["thresholds"]["min_identical"] == TEST_EXPORT["min_identical"]
+    for result in report["test_sets"].values():
+        assert result["utterances"] == 8 and result["nonfinite"] == 0
+        assert result["identical"] >= TEST_EXPORT["min_identical"]
+        assert result["logits_psnr_db"] >= 60  # FP16 rounding alone: about 70 dB here
+
+
+def no_staging_left(parent: Path) -> bool:
+    return not [p for p in parent.iterdir() if ".staging-" in p.name or ".replaced-" in p.name]
+
+
+def test_export_publishes_a_package_that_passes_parity(digits_export) -> None:
+    done, out = digits_export
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {p.name for p in out.iterdir()} == EXPORT_FILES
+    report = json.loads((out / "parity.json").read_text())
+    assert report["executor"] == "fp16-strict" and report["prenormalizer"] == "mad"
+    assert_parity_holds(report)
+    # The model emits words (not only blanks), so identical transcripts mean something.
+    assert min(r["wer_fp32"] for r in report["test_sets"].values()) < 100
+    assert report["ops"]["einsum"] > 0 and report["package_bytes"] > 0
+    frontend = json.loads((out / "frontend.json").read_text())
+    assert frontend["window"]["frames"] == 200 and frontend["blank_index"] == 0
+    assert "# Export parity: PASSED" in (out / "parity.md").read_text()
+    assert no_staging_left(out.parent)
+
+
+def test_export_adds_its_numbers_to_the_training_runs_wandb(digits_export, trained_digits_run):
+    run_id = (trained_digits_run / "wandb_run_id.txt").read_text().strip()
+    logs = sorted((trained_digits_run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+    assert len(logs) == 2  # the training run, then the export resuming it under the same id
+    assert b"export/test/wer_fp16" in logs[-1].read_bytes()
+
+
+def test_export_passes_with_the_fp16_executor(trained_digits_run: Path, tmp_path: Path) -> None:
+    outcome = export_checkpoint(
+        trained_digits_run, tmp_path / "fp16", settings(executor="fp16", wandb=False)
+    )
+    assert outcome.directory == tmp_path / "fp16" and outcome.report["executor"] == "fp16"
+    assert_parity_holds(outcome.report)
+
+
+@pytest.fixture(scope="module")
+def stressed_checkpoint(trained_digits_run: Path, tmp_path_factory) -> Path:
+    target = tmp_path_factory.mktemp("stressed") / "stressed.ckpt"
+    cmd = [sys.executable, str(REPO / "tools" / "stress_checkpoint.py"), str(trained_digits_run),
+           str(target), "--scale", "256"]
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
+    return target
+
+
+def test_stabilised_export_of_a_stressed_checkpoint_passes(stressed_checkpoint, tmp_path):
+    outcome = export_checkpoint(stressed_checkpoint, tmp_path / "stressed", settings(wandb=False))
+    assert outcome.report["executor"] == "fp16-strict"
+    assert_parity_holds(outcome.report)
+
+
+def test_unprotected_export_of_a_stressed_checkpoint_fails_and_publishes_nothing(
+    stressed_checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "previous.txt").write_text("an export published earlier")
+    done = run_export(stressed_checkpoint, out, "export.prenormalizer=none")
+
+    assert done.returncode == 1
+    assert [p.name for p in out.iterdir()] == ["previous.txt"]  # untouched
+    rejected = tmp_path / "export.rejected"
+    assert str(rejected / "parity.md") in " ".join(done.stdout.split())
+    report = json.loads((rejected / "parity.json").read_text())
+    assert not report["passed"] and report["reasons"]
+    for result in report["test_sets"].values():  # every set overflows, and it shows
+        assert result["nonfinite"] > 0 and result["first_nonfinite_op"]
+        assert result["logits_psnr_db"] is None or result["logits_psnr_db"] < 30
+    assert no_staging_left(tmp_path)

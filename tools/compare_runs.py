@@ -1,0 +1,183 @@
+"""Compare training runs (and their exports) side by side, offline: no W&B server needed.
+
+    python tools/compare_runs.py multirun/sweep                  # a whole Hydra sweep
+    python tools/compare_runs.py outputs/run-a outputs/run-b exports/ --out reports/
+
+Every DIR is searched recursively for `results.json` (one per training run) and `parity.json`
+(one per export, from export.py). An export belongs to the run whose directory holds it or
+holds the checkpoint it was made from; a run with several exports shows the newest. Writes
+`comparison.md` (one row per run: variant, parameters, test WERs, training throughput, FP32 vs
+FP16 WER and identical share, package size) and `comparison.png` (WER vs parameters, and FP32
+vs FP16 WER per variant) into --out (default: the first DIR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+@dataclass
+class Run:
+    results: dict
+    run_dir: Path
+    parity: dict | None = None
+
+    @property
+    def variant(self) -> str:
+        v = self.results["variant"]
+        return f"{v['size']}/{v['subsampling']}/{v['norm']}"
+
+    def wer(self, test_set: str) -> float | None:
+        return self.results["test"].get(test_set, {}).get("wer")
+
+    def parity_of(self, test_set: str) -> dict | None:
+        return (self.parity or {}).get("test_sets", {}).get(test_set)
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def find_runs(dirs: list[Path]) -> list[Run]:
+    """Every run under `dirs`, each with its newest export's parity report if there is one."""
+    runs = {p.parent.resolve(): Run(_load(p), p.parent.resolve())
+            for d in dirs for p in sorted(Path(d).rglob("results.json"))}
+    parity_files = {p.resolve() for d in dirs for p in Path(d).rglob("parity.json")}
+    for path in sorted(parity_files, key=lambda p: p.stat().st_mtime):
+        report = _load(path)
+        run = _owner(runs, path, Path(report.get("checkpoint", "")))
+        if run is not None:
+            run.parity = report  # newer exports overwrite older ones
+    return sorted(runs.values(), key=lambda r: (r.variant, str(r.run_dir)))
+
+
+def _owner(runs: dict[Path, Run], parity_path: Path, checkpoint: Path) -> Run | None:
+    for candidate in (parity_path, checkpoint):
+        for parent in candidate.resolve().parents:
+            if parent in runs:
+                return runs[parent]
+    return None
+
+
+def test_set_names(runs: list[Run]) -> list[str]:
+    """Test set names in first-seen order across runs."""
+    names: dict[str, None] = {}
+    for run in runs:
+        names.update(dict.fromkeys(run.results["test"]))
+    return list(names)
+
+
+def _num(value: float | None, fmt: str = "{:.2f}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def _parity_cell(run: Run, test_set: str) -> str:
+    result = run.parity_of(test_set)
+    if result is None:
+        return "–"
+    return (f"{result['wer_fp32']:.2f} / {result['wer_fp16']:.2f} "
+            f"({100 * result['identical']:.0f}%)")
+
+
+def _package_mb(run: Run) -> float | None:
+    size = (run.parity or {}).get("package_bytes")
+    return None if size is None else size / 2**20
+
+
+def _parity_verdict(run: Run) -> str:
+    if run.parity is None:
+        return "not exported"
+    return "passed" if run.parity.get("passed") else "FAILED"
+
+
+def markdown_table(runs: list[Run]) -> str:
+    names = test_set_names(runs)
+    header = ["run", "size", "subsampling", "norm", "params (M)", "steps",
+              *[f"WER {n} %" for n in names], "train audio s/s",
+              *[f"FP32 / FP16 WER {n} % (identical)" for n in names], "parity", "package MB"]
+    rows = []
+    for run in runs:
+        r, v = run.results, run.results["variant"]
+        rows.append([
+            run.run_dir.name, v["size"], v["subsampling"], v["norm"],
+            f"{r['parameters'] / 1e6:.2f}", str(r.get("train_steps", "–")),
+            *[_num(run.wer(n)) for n in names], _num(r.get("audio_seconds_per_second"), "{:.1f}"),
+            *[_parity_cell(run, n) for n in names], _parity_verdict(run),
+            _num(_package_mb(run), "{:.1f}"),
+        ])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[Run], test_set: str, path: Path) -> None:
+    """Left: test WER against parameter count. Right: FP32 vs FP16 (package) WER per run."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for run in runs:
+        wer = run.wer(test_set)
+        if wer is None:
+            continue
+        params = run.results["parameters"] / 1e6
+        left.scatter(params, wer, s=40)
+        left.annotate(run.variant, (params, wer), textcoords="offset points", xytext=(4, 4),
+                      fontsize=8)
+    left.set(xlabel="parameters (M)", ylabel=f"WER % ({test_set})", title="WER vs parameters")
+    left.grid(alpha=0.3)
+
+    labels = [run.variant for run in runs]
+    fp32 = [(run.parity_of(test_set) or {}).get("wer_fp32", run.wer(test_set)) for run in runs]
+    fp16 = [(run.parity_of(test_set) or {}).get("wer_fp16") for run in runs]
+    x = range(len(runs))
+    right.bar([i - 0.2 for i in x], [w or 0 for w in fp32], width=0.4, label="FP32 (PyTorch)")
+    right.bar([i + 0.2 for i in x], [w or 0 for w in fp16], width=0.4,
+              label="FP16 (Core ML package)")
+    for i, value in zip(x, fp16):
+        if value is None:
+            right.annotate("not exported", (i + 0.2, 0), rotation=90, fontsize=7,
+                           ha="center", va="bottom")
+    right.set_xticks(list(x), labels, rotation=30, ha="right", fontsize=8)
+    right.set(ylabel=f"WER % ({test_set})", title="FP32 vs FP16 WER per variant")
+    right.legend(fontsize=8)
+    right.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def compare(dirs: list[Path], out: Path, test_set: str | None = None) -> tuple[Path, Path]:
+    """Write comparison.md and comparison.png for the runs under `dirs` into `out`."""
+    runs = find_runs(dirs)
+    if not runs:
+        raise SystemExit(f"no results.json under {', '.join(map(str, dirs))}")
+    test_set = test_set or test_set_names(runs)[0]
+    out.mkdir(parents=True, exist_ok=True)
+    table, picture = out / "comparison.md", out / "comparison.png"
+    table.write_text(f"# Run comparison ({len(runs)} runs)\n\n" + markdown_table(runs)
+                     + "\nFP32 / FP16 WER: the training graph vs the exported package on the"
+                     " same utterances (export.py's parity.json); identical: share of"
+                     " utterances with the same transcript.\n")
+    plot(runs, test_set, picture)
+    return table, picture
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="run, sweep or export directories")
+    parser.add_argument("--out", type=Path, help="where to write (default: the first DIR)")
+    parser.add_argument("--test-set", help="test set of the plots (default: the first one)")
+    args = parser.parse_args()
+    table, picture = compare(args.dirs, args.out or args.dirs[0], args.test_set)
+    print(table.read_text())
+    print(f"wrote {table} and {picture}")
+
+
+if __name__ == "__main__":
+    main()
