@@ -1,8 +1,10 @@
 """Export a trained checkpoint to an FP16 Core ML package, published only if WER parity holds.
 
-    python export.py ckpt=outputs/<run>/checkpoints/best-step=1500.ckpt out=exports/digits-xs
     python export.py ckpt=outputs/<run> out=exports/digits-xs        # the run's tested ckpt
+    python export.py "ckpt='outputs/<run>/checkpoints/best-step=700.ckpt'" out=exports/x
     python export.py ckpt=... out=... export.executor=fp16 export.prenormalizer=none
+
+(A path holding "=", as Lightning's checkpoint names do, must be quoted for Hydra as above.)
 
 Writes DIR/model.mlpackage, tokenizer.model, frontend.json, parity.json and parity.md. When
 parity fails it exits 1, DIR is left as it was, and the report is in DIR.rejected/.

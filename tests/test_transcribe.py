@@ -13,6 +13,7 @@ import torch
 import torchaudio.functional as AF
 from conftest import REPO
 
+from edge_conformer.ane.bundle import load_bundle
 from edge_conformer.ane.checkpoint import load_checkpoint
 from edge_conformer.ane.transcribe import checkpoint_transcriber, export_transcriber
 from edge_conformer.data.audio import read_audio
@@ -56,12 +57,13 @@ def test_export_dir_transcribes_any_rate_and_channel_count(
     assert "package executor" in done.stderr  # Linux: no Core ML runtime
     lines = transcripts(done)
     assert list(lines) == [str(mono), str(stereo)]
-    # Both reach the model as the same 16 kHz mono speech (down-mixed, resampled) ...
-    from_mono, from_stereo = read_audio(mono, 16000), read_audio(stereo, 16000)
+    # Both reach the model as the same mono speech at its rate (down-mixed, resampled) ...
+    rate = load_bundle(export_dir).features.sample_rate
+    from_mono, from_stereo = read_audio(mono, rate), read_audio(stereo, rate)
     assert abs(len(from_mono) - len(from_stereo)) <= 1
     frames = min(len(from_mono), len(from_stereo))
     error = (from_mono[:frames] - from_stereo[:frames]).norm() / from_mono.norm()
-    assert error < 1e-2
+    assert error < 3e-2  # the round trip via 44.1 kHz loses only the band at 4 kHz (-39 dB)
     # ... and the tool prints what the library computes.
     assert lines[str(mono)] == export_transcriber(export_dir, "executor", "fp16")(mono)
 

@@ -248,8 +248,11 @@ class PackageExecutor:
 
 def _load_main_function(package_path: Path) -> tuple[Any, Function]:
     """The model spec and the MIL function Core ML would run, read from a saved package."""
-    # coremltools is the optional `export` dependency: imported only when a package is read.
-    import coremltools as ct
+    # coremltools is the optional `export` dependency: imported only when a package is read,
+    # through convert.py, which first filters its import-time noise (untested torch version).
+    from edge_conformer.ane.convert import _import_coremltools
+
+    ct = _import_coremltools()
     from coremltools.converters.mil.frontend.milproto.load import load
 
     if not package_path.is_dir():

@@ -65,10 +65,12 @@ from edge_conformer.ane.windowing import (
     windowed_logits,
 )
 from edge_conformer.data.manifests import load_cuts
+from edge_conformer.numerics import PRENORMALIZERS
 
 log = logging.getLogger(__name__)
 
 REJECTED_SUFFIX = ".rejected"
+GATE_EXECUTOR_MODES = ("fp16", "fp16-strict")
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,18 @@ class ExportSettings:
     max_wer_delta: float
     wandb: bool
     data_dir: str | None
+
+    def __post_init__(self) -> None:
+        # Checked before the minutes of conversion, not after. The executor's "fp32" mode
+        # checks the executor itself: as a gate it would prove nothing about FP16.
+        if self.executor not in GATE_EXECUTOR_MODES:
+            raise ValueError(
+                f"export.executor must be one of {GATE_EXECUTOR_MODES}, got {self.executor!r}"
+            )
+        if self.prenormalizer not in PRENORMALIZERS:
+            raise ValueError(
+                f"export.prenormalizer must be one of {PRENORMALIZERS}, got {self.prenormalizer!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,8 @@ def measure_test_set(
     Non-finite counts come from the executor, which the caller reads around this call.
     """
     refs: list[str] = []
-    hyps: dict[str, list[str]] = {"fp32": [], "fp32_windowed": [], "fp16": [], "coreml": []}
+    ways = ["fp32", "fp32_windowed", "fp16"] + (["coreml"] if recognizers.coreml else [])
+    hyps: dict[str, list[str]] = {way: [] for way in ways}
     psnr = PsnrMeter()
     mismatches = []
     for utt in utterances:
@@ -130,15 +131,15 @@ def measure_test_set(
         }
         if recognizers.coreml is not None:
             transcripts["coreml"] = decode_logits(recognizers.coreml(utt.features), tokenizer)
-        for name, transcript in transcripts.items():
-            hyps[name].append(transcript)
+        for way, transcript in transcripts.items():
+            hyps[way].append(transcript)
         refs.append(utt.text)
         differs = transcripts["fp16"] != transcripts["fp32_windowed"]
         if differs and len(mismatches) < MISMATCHES_KEPT:
             mismatches.append({"id": utt.utt_id, "reference": utt.text, **transcripts})
         on_utterance()
 
-    wer = {name: error_rates(refs, h)["wer"] for name, h in hyps.items() if h}
+    wer = {way: error_rates(refs, way_hyps)["wer"] for way, way_hyps in hyps.items()}
     result = {
         "utterances": len(refs),
         "wer_fp32": wer["fp32"],
@@ -149,7 +150,7 @@ def measure_test_set(
         "logits_psnr_db": psnr.db,
         "mismatches": mismatches,
     }
-    if hyps["coreml"]:
+    if recognizers.coreml:
         result["coreml"] = {
             "wer": wer["coreml"],
             "identical": _share_identical(hyps["coreml"], hyps["fp32_windowed"]),
