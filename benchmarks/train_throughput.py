@@ -86,10 +86,14 @@ class ThroughputProbe(L.Callback):
         return self.audio_seconds / (time.perf_counter() - self.started)
 
 
+def seconds_per_frame(datamodule) -> float:
+    return datamodule.features.hop_length / datamodule.features.sample_rate
+
+
 def run_ours(cfg, warmup: int) -> float:
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
-    probe = ThroughputProbe(warmup, datamodule.features.hop_length / datamodule.features.sample_rate)
+    probe = ThroughputProbe(warmup, seconds_per_frame(datamodule))
     trainer = L.Trainer(**cfg.trainer, logger=False, enable_checkpointing=False, callbacks=[probe])
     trainer.fit(module, datamodule=datamodule)
     return probe.result()
@@ -99,7 +103,7 @@ def run_plain(cfg, warmup: int) -> float:
     datamodule = build_datamodule(cfg)
     model = PlainConformerCTC(cfg, datamodule.tokenizer.vocab_size, datamodule.features.n_mels)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=(0.9, 0.98))
-    probe = ThroughputProbe(warmup, datamodule.features.hop_length / datamodule.features.sample_rate)
+    probe = ThroughputProbe(warmup, seconds_per_frame(datamodule))
     model.train()
     step = 0
     for batch in datamodule.train_dataloader():

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO, small_digits_overrides
 
 VARIANTS = {(s, n) for s in ("regular", "depthwise") for n in ("l2", "mad")}

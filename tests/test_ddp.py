@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FSDD_DIR, REPO, small_digits_overrides
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+
+from conftest import FSDD_DIR, REPO, small_digits_overrides
 
 # train.py with every training batch's cut ids appended to <EC_PROBE_DIR>/rank<N>.txt. It runs
 # train.py as the main script while sys.argv[0] stays the probe: Lightning's DDP launcher

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TEST_EXPORT, run_export
 from omegaconf import OmegaConf
 
+from conftest import REPO, TEST_EXPORT, run_export
 from edge_conformer.ane.export import ExportSettings, export_checkpoint
 
 pytestmark = pytest.mark.slow

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import LIBRISPEECH_DIR, REPO
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lhotse import CutSet
 
+from conftest import LIBRISPEECH_DIR, REPO
 from edge_conformer.data.audio import BadAudioError, read_audio
 from edge_conformer.data.corpora.librispeech import prepare_librispeech, read_split
 from edge_conformer.data.features import LogMelFeatures

@@ -1,8 +1,8 @@
 import pytest
 import torch
-from conftest import REPO
 from hydra import compose, initialize_config_dir
 
+from conftest import REPO
 from edge_conformer.model import ConformerCTC, count_parameters
 from edge_conformer.model.subsampling import subsampled_lengths
 from edge_conformer.training.run import build_model

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from conftest import REPO
 from omegaconf import OmegaConf
 
+from conftest import REPO
 from edge_conformer.ane.parity import ParityThresholds, PsnrMeter, gate_failures
 
 DEFAULTS = OmegaConf.load(REPO / "conf" / "export" / "default.yaml")

@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
-from conftest import REPO
 
+from conftest import REPO
 from edge_conformer.ane.bundle import load_bundle
 from edge_conformer.ane.checkpoint import load_checkpoint
 from edge_conformer.ane.transcribe import checkpoint_transcriber, export_transcriber

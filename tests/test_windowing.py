@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import LIBRISPEECH_DIR
 
+from conftest import LIBRISPEECH_DIR
 from edge_conformer.ane import build_ane_model
 from edge_conformer.ane.windowing import (
     WindowSpec,

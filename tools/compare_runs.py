@@ -136,12 +136,15 @@ def plot(runs: list[Run], test_set: str, path: Path) -> None:
     fp32 = [(run.parity_of(test_set) or {}).get("wer_fp32", run.wer(test_set)) for run in runs]
     fp16 = [(run.parity_of(test_set) or {}).get("wer_fp16") for run in runs]
     x = range(len(runs))
-    right.bar([i - 0.2 for i in x], [w or 0 for w in fp32], width=0.4, label="FP32 (PyTorch)")
+    right.bar([i - 0.2 for i in x], [w or 0 for w in fp32], width=0.4, label="FP32 (PyTorch model)")
     right.bar([i + 0.2 for i in x], [w or 0 for w in fp16], width=0.4,
               label="FP16 (Core ML package)")
-    for i, value in zip(x, fp16):
+    for i, (run, value) in enumerate(zip(runs, fp16)):
         if value is None:
             right.annotate("not exported", (i + 0.2, 0), rotation=90, fontsize=7,
+                           ha="center", va="bottom")
+        elif not run.parity.get("passed"):
+            right.annotate("parity\nFAILED", (i + 0.2, value), fontsize=7, color="red",
                            ha="center", va="bottom")
     right.set_xticks(list(x), labels, rotation=30, ha="right", fontsize=8)
     right.set(ylabel=f"WER % ({test_set})", title="FP32 vs FP16 WER per variant")

@@ -41,7 +41,11 @@ _NOISE_FILTER = _ExpectedCoremltoolsNoise()
 
 def _import_coremltools() -> ModuleType:
     # The filter must be installed before the first import: the version check runs at import.
-    logging.getLogger("coremltools").addFilter(_NOISE_FILTER)
+    coreml_log = logging.getLogger("coremltools")
+    coreml_log.addFilter(_NOISE_FILTER)
+    # Its INFO lines (one per converted and per removed op, thousands for a model) would bury
+    # export.py's own progress display whenever the root logger is at INFO, as Hydra sets it.
+    coreml_log.setLevel(logging.WARNING)
     import coremltools
 
     return coremltools

@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from edge_conformer.data.datamodule import SpeechDataModule
@@ -101,12 +102,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "skipped_utterances": module.skipped_utterances,
         "checkpoint": _test_checkpoint(checkpoints),
         "test": module.test_results,
-        "wandb_run_id": getattr(logger, "version", None) if logger else None,
+        "wandb_run_id": logger.version if isinstance(logger, WandbLogger) else None,
     }
     if trainer.is_global_zero:
         write_results(run_dir, results)
         print_results(results)
-        if logger and hasattr(logger, "experiment"):
+        if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(_summary(results))
     _finish_wandb()
     return results
