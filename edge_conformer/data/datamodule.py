@@ -207,11 +207,10 @@ class SpeechDataModule(L.LightningDataModule):
     def state_dict(self) -> dict:
         if self.trainer is None:
             return {}
-        epoch_loop = self.trainer.fit_loop.epoch_loop
-        return {
-            "epoch": self.trainer.current_epoch,
-            "batches_done": epoch_loop.batch_progress.current.completed,
-        }
+        # `processed`, not `completed`: checkpoints are written from on_train_batch_end, after
+        # the batch's optimiser step but before Lightning counts the batch as completed.
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed}
 
     def load_state_dict(self, state: dict) -> None:
         self._resume_position = state or None
