@@ -36,17 +36,26 @@ class ResumableSampler(torch.utils.data.Sampler):
     def __init__(self, sampler: DynamicBucketingSampler, dataset: AsrDataset) -> None:
         self.sampler = sampler
         self.dataset = dataset
-        self.skip_batches = 0
+        self.epoch = 0
+        self.resume_epoch: int | None = None
+        self.resume_batches = 0
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        self.set_epoch(epoch)
+        self.resume_epoch, self.resume_batches = epoch, batches_done
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         self.sampler.set_epoch(epoch)
         self.dataset.epoch = epoch
 
     def __iter__(self) -> Iterator[CutSet]:
+        # Skip in every iteration of the resumed epoch, not just the first: Lightning may
+        # start an iterator over the loader before the one it trains from.
+        skip = self.resume_batches if self.epoch == self.resume_epoch else 0
         batches = iter(self.sampler)
-        for _ in range(self.skip_batches):
+        for _ in range(skip):
             next(batches, None)
-        self.skip_batches = 0
         yield from batches
 
 
@@ -191,8 +200,7 @@ class SpeechDataModule(L.LightningDataModule):
             return self._shar_train_loader(dataset)
         self._train_sampler = ResumableSampler(self._sampler(self.train_split, True), dataset)
         if self._resume_position:
-            self._train_sampler.set_epoch(self._resume_position["epoch"])
-            self._train_sampler.skip_batches = self._resume_position["batches_done"]
+            self._train_sampler.resume_at(**self._resume_position)
             self._resume_position = None
         return self._loader(dataset, self._train_sampler)
 
@@ -213,4 +221,8 @@ class SpeechDataModule(L.LightningDataModule):
         return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed}
 
     def load_state_dict(self, state: dict) -> None:
+        # Lightning may build the train loader before or after restoring this state.
         self._resume_position = state or None
+        if self._resume_position and self._train_sampler is not None:
+            self._train_sampler.resume_at(**self._resume_position)
+            self._resume_position = None
