@@ -199,9 +199,10 @@ class SpeechDataModule(L.LightningDataModule):
         if self.shar_dir:
             return self._shar_train_loader(dataset)
         self._train_sampler = ResumableSampler(self._sampler(self.train_split, True), dataset)
+        # Kept, not consumed: Lightning can build the train loader more than once on resume,
+        # and the sampler only skips inside the resumed epoch.
         if self._resume_position:
             self._train_sampler.resume_at(**self._resume_position)
-            self._resume_position = None
         return self._loader(dataset, self._train_sampler)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
@@ -225,4 +226,3 @@ class SpeechDataModule(L.LightningDataModule):
         self._resume_position = state or None
         if self._resume_position and self._train_sampler is not None:
             self._train_sampler.resume_at(**self._resume_position)
-            self._resume_position = None
