@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import numpy as np
 import soundfile as sf
@@ -99,3 +100,39 @@ def test_dataset_batches_real_digits(small_digits, tmp_path):
     for text, targets, n in zip(batch["texts"], batch["targets"], batch["target_lengths"]):
         assert (targets[:n] >= 1).all() and (targets[n:] == 0).all()  # 0 = blank, padding only
         assert tokenizer.decode((targets[:n] - 1).tolist()) == text
+
+
+def _batch_ids(batches) -> list[list[str]]:
+    return [[cut.id for cut in batch] for batch in batches]
+
+
+def test_resumed_sampler_continues_the_epoch_where_it_stopped(small_digits):
+    """The resumed epoch yields exactly the uninterrupted epoch's batches after the first k.
+
+    Regression: a lhotse sampler is its own iterator, and iterating it again after skipping
+    (`yield from`) silently restarted the epoch from its first batch.
+    """
+    from lhotse.dataset import DynamicBucketingSampler
+
+    from edge_conformer.data.datamodule import ResumableSampler
+    from edge_conformer.data.manifests import load_cuts
+
+    def sampler() -> ResumableSampler:
+        cuts = load_cuts(small_digits["train"])
+        lhotse_sampler = DynamicBucketingSampler(
+            cuts, max_duration=10, num_buckets=2, shuffle=True, drop_last=True, seed=0
+        )
+        # The sampler only tells the dataset the epoch (it seeds SpecAugment per epoch).
+        return ResumableSampler(lhotse_sampler, SimpleNamespace(epoch=0))
+
+    uninterrupted = sampler()
+    uninterrupted.set_epoch(1)
+    epoch = _batch_ids(uninterrupted)
+    assert len(epoch) >= 4
+
+    resumed = sampler()
+    resumed.resume_at(epoch=1, batches_done=3)
+    assert _batch_ids(resumed) == epoch[3:]
+    resumed.set_epoch(2)  # later epochs start from their first batch
+    uninterrupted.set_epoch(2)
+    assert _batch_ids(resumed) == _batch_ids(uninterrupted)

@@ -53,10 +53,13 @@ class ResumableSampler(torch.utils.data.Sampler):
         # Skip in every iteration of the resumed epoch, not just the first: Lightning may
         # start an iterator over the loader before the one it trains from.
         skip = self.resume_batches if self.epoch == self.resume_epoch else 0
+        # A lhotse sampler is its own iterator and `iter()` on it restarts the epoch, so no
+        # `yield from` or `for` over it after skipping: both call `iter()` again.
         batches = iter(self.sampler)
         for _ in range(skip):
             next(batches, None)
-        yield from batches
+        while (batch := next(batches, None)) is not None:
+            yield batch
 
 
 class SpeechDataModule(L.LightningDataModule):
@@ -200,8 +203,7 @@ class SpeechDataModule(L.LightningDataModule):
             return self._shar_train_loader(dataset)
         self._train_sampler = ResumableSampler(self._sampler(self.train_split, True), dataset)
         # Kept, not consumed: harmless if the loader is built again, because the sampler only
-        # skips inside the resumed epoch. (Bit-exact resume is still an open defect: see
-        # tests/test_training.py.)
+        # skips inside the resumed epoch.
         if self._resume_position:
             self._train_sampler.resume_at(**self._resume_position)
         return self._loader(dataset, self._train_sampler)

@@ -165,7 +165,9 @@ class CTCModule(L.LightningModule):
             self.parameters(), lr=optim["lr"], betas=tuple(optim["betas"]),
             weight_decay=optim["weight_decay"],
         )
-        total_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else 100_000
+        # Epoch-based runs (max_steps -1) get a long horizon: the decay then barely matters.
+        total_steps = optim.get("total_steps") or self.trainer.max_steps
+        total_steps = total_steps if total_steps > 0 else 100_000
         factor = make_schedule(optim["schedule"], optim["warmup_steps"], total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         schedule = {"scheduler": scheduler, "interval": "step"}

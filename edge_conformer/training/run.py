@@ -24,21 +24,28 @@ def build_model(model_cfg: DictConfig | dict, vocab_size: int, feat_dim: int) ->
     return instantiate(model_cfg, vocab_size=vocab_size, feat_dim=feat_dim, _convert_="all")
 
 
-def _checkpoint_callback(run_dir: Path, every_n_steps: int) -> ModelCheckpoint:
-    return ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best-{step}",
-        monitor="val/wer",
-        mode="min",
-        save_top_k=1,
-        save_last=True,
+def _checkpoint_callbacks(run_dir: Path, every_n_steps: int) -> tuple[ModelCheckpoint, ...]:
+    """`last.ckpt` every `every_n_steps` (for resuming), and the best validated checkpoint.
+
+    Two callbacks, because one that saves every n steps and also monitors val/wer ranks each
+    periodic save by the last validation's WER (a stale score), and skips the save after a
+    validation that falls on a step it has already saved: the final validation then never
+    competes for "best".
+    """
+    last = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True,
         every_n_train_steps=every_n_steps,
     )
+    best = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best-{step}", monitor="val/wer", mode="min",
+        save_top_k=1,
+    )
+    return last, best
 
 
-def _test_checkpoint(callback: ModelCheckpoint) -> str:
+def _test_checkpoint(last: ModelCheckpoint, best: ModelCheckpoint) -> str:
     """Test the best validated checkpoint; the last one if validation never ran."""
-    return callback.best_model_path or callback.last_model_path
+    return best.best_model_path or last.last_model_path
 
 
 def build_datamodule(cfg: DictConfig) -> SpeechDataModule:
@@ -71,20 +78,20 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         logger = instantiate(cfg.logger, run_dir=str(run_dir), name=cfg.run_name)
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    checkpoints = _checkpoint_callback(run_dir, cfg.checkpoint_every_n_steps)
+    checkpoints = _checkpoint_callbacks(run_dir, cfg.checkpoint_every_n_steps)
     trainer = L.Trainer(
         # instantiate: a strategy may be an object (conf/trainer/fsdp.yaml), the rest passes as is
         **instantiate(cfg.trainer, _convert_="all"),
         default_root_dir=str(run_dir),
         logger=logger,
-        callbacks=[checkpoints],
+        callbacks=list(checkpoints),
     )
     last = run_dir / "checkpoints" / "last.ckpt"
     resume_from = str(last) if cfg.resume and last.is_file() else None
     if resume_from:
         log.info("resuming from %s", resume_from)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    trainer.test(module, datamodule=datamodule, ckpt_path=_test_checkpoint(checkpoints))
+    trainer.test(module, datamodule=datamodule, ckpt_path=_test_checkpoint(*checkpoints))
 
     results = {
         "run_name": cfg.run_name,
@@ -100,7 +107,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             module.audio_seconds / max(module.train_seconds, 1e-9), 2
         ),
         "skipped_utterances": module.skipped_utterances,
-        "checkpoint": _test_checkpoint(checkpoints),
+        "checkpoint": _test_checkpoint(*checkpoints),
         "test": module.test_results,
         "wandb_run_id": logger.version if isinstance(logger, WandbLogger) else None,
     }
