@@ -19,17 +19,17 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from rich.console import Console  # noqa: E402
 
 from edge_conformer.ane.bundle import PARITY_MD  # noqa: E402
 from edge_conformer.ane.export import ExportSettings, export_checkpoint, parity_table  # noqa: E402
+from edge_conformer.console import make_console  # noqa: E402
 
 
 @hydra.main(config_path="conf", config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     settings = ExportSettings(**OmegaConf.to_container(cfg.export, resolve=True))
     outcome = export_checkpoint(cfg.ckpt, cfg.out, settings)
-    console = Console()
+    console = make_console()
     console.print(parity_table(outcome.report))
     if outcome.passed:
         console.print(f"exported to {outcome.directory}")

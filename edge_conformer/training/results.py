@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
+
+from edge_conformer.console import make_console
 
 
 def write_results(run_dir: Path, results: dict) -> Path:
@@ -29,4 +30,4 @@ def results_table(results: dict) -> Table:
 
 
 def print_results(results: dict) -> None:
-    Console().print(results_table(results))
+    make_console().print(results_table(results))
