@@ -6,6 +6,7 @@ import random
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 from lhotse import CutSet
@@ -106,24 +107,28 @@ def _batch_ids(batches) -> list[list[str]]:
     return [[cut.id for cut in batch] for batch in batches]
 
 
+def _training_sampler(manifest, num_buckets: int, max_duration: float = 10):
+    from lhotse.dataset import DynamicBucketingSampler
+
+    from edge_conformer.data.datamodule import ResumableSampler
+    from edge_conformer.data.manifests import load_cuts
+
+    lhotse_sampler = DynamicBucketingSampler(
+        load_cuts(manifest), max_duration=max_duration, num_buckets=num_buckets, shuffle=True,
+        drop_last=True, seed=0,
+    )
+    # The sampler only tells the dataset the epoch (it seeds SpecAugment per epoch).
+    return ResumableSampler(lhotse_sampler, SimpleNamespace(epoch=0), str(manifest))
+
+
 def test_resumed_sampler_continues_the_epoch_where_it_stopped(small_digits):
     """The resumed epoch yields exactly the uninterrupted epoch's batches after the first k.
 
     Regression: a lhotse sampler is its own iterator, and iterating it again after skipping
     (`yield from`) silently restarted the epoch from its first batch.
     """
-    from lhotse.dataset import DynamicBucketingSampler
-
-    from edge_conformer.data.datamodule import ResumableSampler
-    from edge_conformer.data.manifests import load_cuts
-
-    def sampler() -> ResumableSampler:
-        cuts = load_cuts(small_digits["train"])
-        lhotse_sampler = DynamicBucketingSampler(
-            cuts, max_duration=10, num_buckets=2, shuffle=True, drop_last=True, seed=0
-        )
-        # The sampler only tells the dataset the epoch (it seeds SpecAugment per epoch).
-        return ResumableSampler(lhotse_sampler, SimpleNamespace(epoch=0))
+    def sampler():
+        return _training_sampler(small_digits["train"], num_buckets=2)
 
     uninterrupted = sampler()
     uninterrupted.set_epoch(1)
@@ -136,3 +141,12 @@ def test_resumed_sampler_continues_the_epoch_where_it_stopped(small_digits):
     resumed.set_epoch(2)  # later epochs start from their first batch
     uninterrupted.set_epoch(2)
     assert _batch_ids(resumed) == _batch_ids(uninterrupted)
+
+
+def test_an_epoch_without_batches_is_an_error_naming_the_manifest(small_digits):
+    """48 short utterances in 10 buckets: no bucket fills a 20 s batch, drop_last drops them all,
+    and Lightning would otherwise loop over empty epochs forever."""
+    sampler = _training_sampler(small_digits["train"], num_buckets=10, max_duration=20)
+    with pytest.raises(ValueError, match="no training batch") as error:
+        list(sampler)
+    assert str(small_digits["train"]) in str(error.value)

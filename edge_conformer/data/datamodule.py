@@ -33,9 +33,12 @@ class ResumableSampler(torch.utils.data.Sampler):
     the uninterrupted run would have seen.
     """
 
-    def __init__(self, sampler: DynamicBucketingSampler, dataset: AsrDataset) -> None:
+    def __init__(
+        self, sampler: DynamicBucketingSampler, dataset: AsrDataset, source: str = "training cuts"
+    ) -> None:
         self.sampler = sampler
         self.dataset = dataset
+        self.source = source  # named in errors: the manifest the cuts come from
         self.epoch = 0
         self.resume_epoch: int | None = None
         self.resume_batches = 0
@@ -58,8 +61,17 @@ class ResumableSampler(torch.utils.data.Sampler):
         batches = iter(self.sampler)
         for _ in range(skip):
             next(batches, None)
+        yielded = 0
         while (batch := next(batches, None)) is not None:
+            yielded += 1
             yield batch
+        if not yielded and not skip:
+            # Lightning would start epoch after empty epoch and never reach max_steps.
+            raise ValueError(
+                f"{self.source}: an epoch yields no training batch (every duration bucket holds"
+                " less than one data.max_duration batch and drop_last discards it): lower"
+                " data.max_duration or data.num_buckets, or add training data"
+            )
 
 
 class SpeechDataModule(L.LightningDataModule):
@@ -201,7 +213,9 @@ class SpeechDataModule(L.LightningDataModule):
         dataset = self._dataset(train=True)
         if self.shar_dir:
             return self._shar_train_loader(dataset)
-        self._train_sampler = ResumableSampler(self._sampler(self.train_split, True), dataset)
+        self._train_sampler = ResumableSampler(
+            self._sampler(self.train_split, True), dataset, str(self.manifests[self.train_split])
+        )
         # Kept, not consumed: harmless if the loader is built again, because the sampler only
         # skips inside the resumed epoch.
         if self._resume_position:
