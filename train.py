@@ -12,6 +12,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from edge_conformer.training.run import train
+from edge_conformer.training.rundir import register_resolvers
+
+register_resolvers()  # conf/train.yaml names run directories with it
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
