@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from conftest import FSDD_DIR, REPO, small_digits_overrides
+from edge_conformer.data.manifests import load_cuts
 
 # train.py with every training batch's cut ids appended to <EC_PROBE_DIR>/rank<N>.txt. It runs
 # train.py as the main script while sys.argv[0] stays the probe: Lightning's DDP launcher
@@ -72,6 +73,10 @@ def test_ddp_two_cpu_ranks_train_on_different_batches_for_equal_steps(tmp_path):
     seen0, seen1 = {c for b in rank0 for c in b}, {c for b in rank1 for c in b}
     assert not seen0 & seen1, "one epoch must not give a cut to both ranks"
     assert len(seen0 | seen1) > 0.75 * 48, "drop_last may only drop the final partial round"
+    # Throughput counts the audio of both ranks (results.json reports the job, not rank 0).
+    durations = {c.id: c.duration for c in load_cuts(tmp_path / "data" / "cuts_train.jsonl.gz")}
+    trained = sum(durations[cut] for batch in rank0 + rank1 for cut in batch)
+    assert results["train_audio_seconds"] == pytest.approx(trained, rel=0.02)
     # Evaluation gathers both ranks' shares: every test utterance counted exactly once.
     assert {r["utterances"] for r in results["test"].values()} == {8}
     # One W&B run for the job (rank zero logs), resumable by the id in the run dir.

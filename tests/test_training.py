@@ -84,10 +84,14 @@ def test_best_checkpoint_is_the_best_validation(uninterrupted):
 
 
 def test_n_steps_then_resume_then_m_steps_equals_n_plus_m(train_args, uninterrupted, tmp_path):
-    run_train(*train_args, "trainer.max_steps=6", f"hydra.run.dir={tmp_path}")
+    # Stopping at step 4, which both validates and saves, also checks that the resumed run
+    # remembers that validation: one best checkpoint at the end, the uninterrupted run's.
+    run_train(*train_args, "trainer.max_steps=4", f"hydra.run.dir={tmp_path}")
     run_train(*train_args, "trainer.max_steps=10", f"hydra.run.dir={tmp_path}")
     assert_same_weights(uninterrupted / "checkpoints" / "last.ckpt",
                         tmp_path / "checkpoints" / "last.ckpt")
+    best = sorted(p.name for p in (tmp_path / "checkpoints").glob("best-*.ckpt"))
+    assert best == [p.name for p in (uninterrupted / "checkpoints").glob("best-*.ckpt")]
 
 
 def test_killed_run_resumes_from_last_checkpoint(train_args, uninterrupted, tmp_path):

@@ -63,7 +63,7 @@ class CTCModule(L.LightningModule):
         self.skipped_utterances = 0
         self._eval_outputs: dict[int, dict[str, list[str]]] = defaultdict(_no_outputs)
         self.test_results: dict[str, dict[str, float]] = {}
-        # Training time and audio seen, accumulated across resumes (stored in checkpoints).
+        # Training time and audio seen (all ranks), accumulated across resumes (in checkpoints).
         self.train_seconds = 0.0
         self.audio_seconds = 0.0
         self._fit_started = 0.0
@@ -104,7 +104,10 @@ class CTCModule(L.LightningModule):
         size = len(batch["ids"])
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=size)
-        self.audio_seconds += float(batch["feature_lengths"].sum()) * self._seconds_per_frame
+        # Audio trained by all ranks together: every rank holds the same total, so the one
+        # checkpoint (written by rank 0) restores it whole, and results report the job's rate.
+        audio = batch["feature_lengths"].sum() * self._seconds_per_frame
+        self.audio_seconds += float(self.all_gather(audio).sum())
         self.log("data/skipped_utterances", float(self.skipped_utterances), batch_size=size)
         if self.activations.values:
             self.log_dict(self.activations.metrics(), batch_size=size)

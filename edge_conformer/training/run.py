@@ -34,11 +34,14 @@ def _checkpoint_callbacks(run_dir: Path, every_n_steps: int) -> tuple[ModelCheck
     """
     last = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True,
-        every_n_train_steps=every_n_steps,
+        every_n_train_steps=every_n_steps, enable_version_counter=False,
     )
+    # save_last here too: last.ckpt is rewritten after each validation, so a run stopped right
+    # after one resumes knowing its best score (else the new best would leave an orphan file).
+    # No version counter: both callbacks overwrite the one last.ckpt.
     best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best-{step}", monitor="val/wer", mode="min",
-        save_top_k=1,
+        save_top_k=1, save_last=True, enable_version_counter=False,
     )
     return last, best
 
