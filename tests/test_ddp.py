@@ -114,7 +114,7 @@ def test_cpu_trainer_leaves_distribution_to_the_lhotse_sampler():
 
 
 def test_slurm_launcher_preset_allocates_one_task_per_trainer_device():
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")  # the optional [cluster] extra
+    # The launcher plugin is the optional [cluster] extra; [dev] installs it for this test.
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", return_hydra_config=True, overrides=[
             "hydra/launcher=slurm_gpu", "data=librispeech", "trainer=ddp",

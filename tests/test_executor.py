@@ -8,20 +8,19 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+import coremltools as ct
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ct = pytest.importorskip("coremltools")
-
-from edge_conformer.ane.executor import (  # noqa: E402  (after the importorskip)
+from edge_conformer.ane.executor import (
     PackageExecutor,
     UnsupportedOpError,
 )
-from edge_conformer.ane.executor_kernels import KERNELS  # noqa: E402
-from edge_conformer.ane.executor_numerics import Numerics  # noqa: E402
+from edge_conformer.ane.executor_kernels import KERNELS
+from edge_conformer.ane.executor_numerics import Numerics
 
 CHANNELS = 32
 MELS = 16
