@@ -25,4 +25,10 @@ def test_long_override_lists_are_cut_to_a_stable_unique_name():
     assert len(LONG) > 255 >= len(name.encode()) and len(name) == MAX_NAME_CHARS
     assert name == short_dirname(LONG)  # the same command resumes in the same directory
     assert name != short_dirname(LONG.replace("vocab_size=128", "vocab_size=256"))
-    assert name.startswith(LONG[:100])
+    assert name.startswith(LONG[:100].replace("/", "_"))
+
+
+def test_paths_in_overrides_do_not_nest_directories():
+    name = short_dirname("data.corpus_dir=/data/LibriSpeech,model=s")
+    assert "/" not in name and name.startswith("data.corpus_dir=_data_LibriSpeech,model=s-")
+    assert name != short_dirname("data.corpus_dir=_data_LibriSpeech,model=s")

@@ -16,12 +16,14 @@ DIGEST_CHARS = 8
 
 
 def short_dirname(overrides: str) -> str:
-    """`overrides` when short enough; else its start and a digest of the whole, so that the name
-    stays unique and the same overrides still map to the same directory."""
-    if len(overrides) <= MAX_NAME_CHARS:
-        return overrides
+    """One directory level named after `overrides`: as they are when short and free of "/";
+    else with "/" as "_", cut to MAX_NAME_CHARS, and a digest of the original overrides, so that
+    the name stays unique and the same overrides still map to the same directory."""
+    name = overrides.replace("/", "_")  # a path in an override would nest directories
+    if name == overrides and len(name) <= MAX_NAME_CHARS:
+        return name
     digest = hashlib.sha1(overrides.encode()).hexdigest()[:DIGEST_CHARS]
-    return f"{overrides[:MAX_NAME_CHARS - DIGEST_CHARS - 1]}-{digest}"
+    return f"{name[:MAX_NAME_CHARS - DIGEST_CHARS - 1]}-{digest}"
 
 
 def register_resolvers() -> None:
