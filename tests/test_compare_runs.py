@@ -38,9 +38,9 @@ def sweep_dir(tmp_path_factory) -> Path:
            # Few buckets: with 10, no bucket of the 48 short utterances fills a batch and the
            # training sampler (drop_last) yields none.
            *small_digits_overrides(root / "data"), "data.num_buckets=2", "trainer.max_steps=3",
-           "trainer.val_check_interval=3", "sweep_name=test-sweep", f"hydra.sweep.dir={sweep}",
-           # The default subdir (all overrides) outgrows a file name with these many overrides.
-           "hydra.sweep.subdir=${model.subsampling}-${model.norm}"]
+           "trainer.val_check_interval=3", "sweep_name=test-sweep", f"hydra.sweep.dir={sweep}"]
+    # The default sweep subdir names each run after all its overrides: with paths and this many
+    # overrides, that takes conf/train.yaml's short_dirname to stay a valid file name.
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -63,11 +63,14 @@ def test_compare_runs_tabulates_and_plots_the_sweep(sweep_dir, tmp_path):
     compare_runs(str(sweep_dir), "--out", str(tmp_path))
     rows = table_rows((tmp_path / "comparison.md").read_text())
     assert len(rows) == 4
-    assert {(row[2], row[3]) for row in rows} == VARIANTS
+    assert {(row[3], row[4]) for row in rows} == VARIANTS
     # Depthwise separable subsampling has fewer parameters than two regular 3x3 convolutions.
-    params = {(row[2], row[3]): float(row[4]) for row in rows}
+    params = {(row[3], row[4]): float(row[5]) for row in rows}
     assert params[("depthwise", "l2")] < params[("regular", "l2")]
     assert all(row[-2] == "not exported" for row in rows)
+    # Read from the runs' offline W&B files: each its own W&B run, all in the sweep's group.
+    ids = {json.loads(p.read_text())["wandb_run_id"] for p in sweep_dir.rglob("results.json")}
+    assert {row[1] for row in rows} == {f"{run_id} (test-sweep)" for run_id in ids}
     picture = (tmp_path / "comparison.png").read_bytes()
     assert picture.startswith(PNG_MAGIC) and len(picture) > 10_000
 
@@ -105,3 +108,24 @@ def test_exports_are_matched_to_their_runs_by_place_or_checkpoint(tmp_path):
     assert rows["b"][-3:] == ["20.00 / 23.50 (90%)", "FAILED", "3.0"]
     assert rows["c"][-3:] == ["–", "not exported", "–"]
     assert (tmp_path / "comparison.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_parity_comes_from_the_runs_offline_wandb_summary_without_its_export_dir(tmp_path):
+    """export.py adds its numbers to the training run's W&B run: compare_runs finds them there
+    when the export directory itself is not given (offline files only, no server)."""
+    import wandb
+
+    checkpoint = _fake_run(tmp_path / "runs" / "a", "s", "depthwise", "mad", 20.0)
+    report = _parity(checkpoint, 20.5, 0.98)
+    summary = {"export/passed": report["passed"], "export/package_bytes": 3 * 2**20}
+    for key, value in report["test_sets"]["test-other"].items():
+        summary[f"export/test-other/{key}"] = value
+    run = wandb.init(mode="offline", dir=str(checkpoint.parents[1]), id="abc123", group="g1",
+                     settings=wandb.Settings(silent=True))
+    run.summary.update(summary)
+    run.finish()
+
+    compare_runs(str(tmp_path / "runs"), "--out", str(tmp_path))
+    (row,) = table_rows((tmp_path / "comparison.md").read_text())
+    assert row[1] == "abc123 (g1)"
+    assert row[-3:] == ["20.00 / 20.50 (98%)", "FAILED", "3.0"]

@@ -5,7 +5,10 @@
 
 Every DIR is searched recursively for `results.json` (one per training run) and `parity.json`
 (one per export, from export.py). An export belongs to the run whose directory holds it or
-holds the checkpoint it was made from; a run with several exports shows the newest. Writes
+holds the checkpoint it was made from; a run with several exports shows the newest. Each run's
+offline W&B files are read too (no W&B server or network): they give the run's W&B id and
+group, and the parity numbers export.py added to the run when its parity.json is not among the
+DIRs. Writes
 `comparison.md` (one row per run: variant, parameters, test WERs, training throughput, FP32 vs
 FP16 WER and identical share, package size) and `comparison.png` (WER vs parameters, and FP32
 vs FP16 WER per variant) into --out (default: the first DIR).
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +27,18 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from edge_conformer.training.wandb_offline import OfflineRun, read_offline_run  # noqa: E402
+
+EXPORT_PREFIX = "export/"  # the W&B summary keys export.py adds (ane/export.py: wandb_summary)
+
 
 @dataclass
 class Run:
     results: dict
     run_dir: Path
     parity: dict | None = None
+    wandb: OfflineRun | None = None
 
     @property
     def variant(self) -> str:
@@ -56,7 +66,27 @@ def find_runs(dirs: list[Path]) -> list[Run]:
         run = _owner(runs, path, Path(report.get("checkpoint", "")))
         if run is not None:
             run.parity = report  # newer exports overwrite older ones
+    for run in runs.values():
+        run.wandb = read_offline_run(run.run_dir)
+        if run.parity is None and run.wandb is not None:
+            run.parity = parity_from_wandb(run.wandb.summary)
     return sorted(runs.values(), key=lambda r: (r.variant, str(r.run_dir)))
+
+
+def parity_from_wandb(summary: dict) -> dict | None:
+    """The parity report's numbers as export.py left them in the run's W&B summary."""
+    if f"{EXPORT_PREFIX}passed" not in summary:
+        return None
+    report: dict = {"test_sets": {}}
+    for key, value in summary.items():
+        if not key.startswith(EXPORT_PREFIX):
+            continue
+        name, _, metric = key.removeprefix(EXPORT_PREFIX).rpartition("/")
+        if name:
+            report["test_sets"].setdefault(name, {})[metric] = value
+        else:
+            report[metric] = value
+    return report
 
 
 def _owner(runs: dict[Path, Run], parity_path: Path, checkpoint: Path) -> Run | None:
@@ -98,16 +128,22 @@ def _parity_verdict(run: Run) -> str:
     return "passed" if run.parity.get("passed") else "FAILED"
 
 
+def _wandb_cell(run: Run) -> str:
+    if run.wandb is None:
+        return "–"
+    return f"{run.wandb.run_id} ({run.wandb.group})" if run.wandb.group else run.wandb.run_id
+
+
 def markdown_table(runs: list[Run]) -> str:
     names = test_set_names(runs)
-    header = ["run", "size", "subsampling", "norm", "params (M)", "steps",
+    header = ["run", "W&B run (group)", "size", "subsampling", "norm", "params (M)", "steps",
               *[f"WER {n} %" for n in names], "train audio s/s",
               *[f"FP32 / FP16 WER {n} % (identical)" for n in names], "parity", "package MB"]
     rows = []
     for run in runs:
         r, v = run.results, run.results["variant"]
         rows.append([
-            run.run_dir.name, v["size"], v["subsampling"], v["norm"],
+            run.run_dir.name, _wandb_cell(run), v["size"], v["subsampling"], v["norm"],
             f"{r['parameters'] / 1e6:.2f}", str(r.get("train_steps", "–")),
             *[_num(run.wer(n)) for n in names], _num(r.get("audio_seconds_per_second"), "{:.1f}"),
             *[_parity_cell(run, n) for n in names], _parity_verdict(run),
@@ -165,8 +201,8 @@ def compare(dirs: list[Path], out: Path, test_set: str | None = None) -> tuple[P
     table, picture = out / "comparison.md", out / "comparison.png"
     table.write_text(f"# Run comparison ({len(runs)} runs)\n\n" + markdown_table(runs)
                      + "\nFP32 / FP16 WER: the training graph vs the exported package on the"
-                     " same utterances (export.py's parity.json); identical: share of"
-                     " utterances with the same transcript.\n")
+                     " same utterances (export.py's parity.json, or what it added to the run's"
+                     " W&B summary); identical: share of utterances with the same transcript.\n")
     plot(runs, test_set, picture)
     return table, picture
 
