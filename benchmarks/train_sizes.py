@@ -49,8 +49,9 @@ def fixed_batch(batch_size: int, seconds: float, tokenizer_dir: Path) -> tuple[d
     """`batch_size` real utterances at least `seconds` long (the shortest such), cut to it."""
     utterances = read_split(LIBRISPEECH)
     audio = {u.utt_id: read_audio(u.audio_path, SAMPLE_RATE) for u in utterances}
-    long_enough = sorted((a.numel(), u) for u in utterances
-                         if (a := audio[u.utt_id]).numel() >= seconds * SAMPLE_RATE)
+    long_enough = sorted(((a.numel(), u) for u in utterances
+                          if (a := audio[u.utt_id]).numel() >= seconds * SAMPLE_RATE),
+                         key=lambda pair: pair[0])  # by length only: utterances don't compare
     if len(long_enough) < batch_size:
         raise SystemExit(f"{LIBRISPEECH}: fewer than {batch_size} utterances of {seconds} s")
     chosen = [u for _, u in long_enough[:batch_size]]
@@ -102,7 +103,8 @@ def measure(size: str, args) -> dict:
         cfg = compose("train", overrides=[f"model={size}"])
     model = build_model(cfg.model, tokenizer.vocab_size, 80)
     flops = training_step_flops(model, batch) * args.batch_size
-    module = CTCModule(model, tokenizer, optim=OmegaConf.to_container(cfg.optim), test_names=[])
+    module = CTCModule(model, tokenizer, optim=OmegaConf.to_container(cfg.optim, resolve=True),
+                       test_names=[])
     timer = StepTimer(args.warmup)
     trainer = L.Trainer(
         accelerator=args.accelerator, devices=1, precision=args.precision,

@@ -115,11 +115,15 @@ def test_parity_comes_from_the_runs_offline_wandb_summary_without_its_export_dir
     when the export directory itself is not given (offline files only, no server)."""
     import wandb
 
+    from edge_conformer.ane.export import wandb_summary
+
     checkpoint = _fake_run(tmp_path / "runs" / "a", "s", "depthwise", "mad", 20.0)
     report = _parity(checkpoint, 20.5, 0.98)
-    summary = {"export/passed": report["passed"], "export/package_bytes": 3 * 2**20}
-    for key, value in report["test_sets"]["test-other"].items():
-        summary[f"export/test-other/{key}"] = value
+    report.update(executor="fp16-strict", prenormalizer="mad", softmax_rescale=True,
+                  window={"seconds": 8.0}, export_seconds=60.0)
+    report["test_sets"]["test-other"].update(wer_fp32_windowed=20.0, logits_psnr_db=70.0)
+    # The summary export.py writes, so that compare_runs is tested against its very keys.
+    summary = wandb_summary(report, tmp_path / "exports" / "a")
     run = wandb.init(mode="offline", dir=str(checkpoint.parents[1]), id="abc123", group="g1",
                      settings=wandb.Settings(silent=True))
     run.summary.update(summary)

@@ -94,7 +94,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if resume_from:
         log.info("resuming from %s", resume_from)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    trainer.test(module, datamodule=datamodule, ckpt_path=_test_checkpoint(*checkpoints))
+    tested = _test_checkpoint(*checkpoints)
+    trainer.test(module, datamodule=datamodule, ckpt_path=tested)
 
     results = {
         "run_name": cfg.run_name,
@@ -110,7 +111,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             module.audio_seconds / max(module.train_seconds, 1e-9), 2
         ),
         "skipped_utterances": module.skipped_utterances,
-        "checkpoint": _test_checkpoint(*checkpoints),
+        "checkpoint": tested,
         "test": module.test_results,
         "wandb_run_id": logger.version if isinstance(logger, WandbLogger) else None,
     }

@@ -21,7 +21,7 @@ from wandb.proto import wandb_internal_pb2
 FILE_HEADER = b":W&B\xe1\xbe\x00"  # ident, magic 0xBEE1 (little-endian), version 0
 BLOCK_BYTES = 32 * 1024
 RECORD_HEADER = struct.Struct("<IHB")  # CRC32C, data length, fragment type
-FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+FULL, LAST = 1, 4  # fragment types that end a record (FIRST = 2 and MIDDLE = 3 only add to it)
 
 
 @dataclass
