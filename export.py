@@ -20,9 +20,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from edge_conformer.ane.bundle import PARITY_MD  # noqa: E402
-from edge_conformer.ane.export import ExportSettings, export_checkpoint, parity_table  # noqa: E402
 from edge_conformer.console import make_console  # noqa: E402
+from edge_conformer.export.pipeline import ExportSettings, export_checkpoint, parity_table  # noqa: E402
+from edge_conformer.runtime.bundle import PARITY_MD  # noqa: E402
 
 
 @hydra.main(config_path="conf", config_name="export", version_base="1.3")

@@ -34,19 +34,21 @@ from omegaconf import OmegaConf  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from edge_conformer.ane import build_ane_model, convert_to_coreml  # noqa: E402
-from edge_conformer.ane.executor import PackageExecutor  # noqa: E402
-from edge_conformer.ane.windowing import (  # noqa: E402
+from edge_conformer.data.audio import read_audio  # noqa: E402
+from edge_conformer.data.features import LogMelFeatures  # noqa: E402
+from edge_conformer.export import build_ane_model, convert_to_coreml  # noqa: E402
+from edge_conformer.mil.executor import PackageExecutor  # noqa: E402
+from edge_conformer.model import (
+    build_model,  # noqa: E402
+    count_parameters,  # noqa: E402
+)
+from edge_conformer.runtime.windowing import (  # noqa: E402
     WindowSpec,
     package_window_runner,
     torch_window_runner,
     whole_utterance_logits,
     windowed_logits,
 )
-from edge_conformer.data.audio import read_audio  # noqa: E402
-from edge_conformer.data.features import LogMelFeatures  # noqa: E402
-from edge_conformer.model import count_parameters  # noqa: E402
-from edge_conformer.training.run import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRISPEECH_TEST_OTHER = REPO.parent / "shared" / "data" / "LibriSpeech" / "test-other"

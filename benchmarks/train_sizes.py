@@ -38,8 +38,8 @@ from edge_conformer.data.corpora.librispeech import read_split  # noqa: E402
 from edge_conformer.data.dataset import collate  # noqa: E402
 from edge_conformer.data.features import LogMelFeatures  # noqa: E402
 from edge_conformer.data.tokenizer import train_tokenizer  # noqa: E402
+from edge_conformer.model import build_model  # noqa: E402
 from edge_conformer.training.lit_module import CTCModule  # noqa: E402
-from edge_conformer.training.run import build_model  # noqa: E402
 
 LIBRISPEECH = REPO.parent / "shared" / "data" / "LibriSpeech" / "test-other"
 SAMPLE_RATE = 16000

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from edge_conformer.ane import (
+from edge_conformer.export import (
     build_ane_model,
     convert_to_coreml,
     mil_op_histogram,
-    window_output_frames,
 )
 from edge_conformer.model import ConformerCTC
 from edge_conformer.model.norms import MADNorm
+from edge_conformer.model.subsampling import output_frames
 
 WINDOW = 64  # feature frames; 16 frames after 4x subsampling
 N_MELS = 80
@@ -66,7 +66,7 @@ def valid_logits(
         expected, lengths = model(features, torch.tensor([valid_frames]))
         logits = ane_model(ane_features.transpose(1, 2).unsqueeze(2), feature_mask)
     num_valid = int(lengths)
-    assert logits.shape == (1, VOCAB + 1, 1, window_output_frames(WINDOW))
+    assert logits.shape == (1, VOCAB + 1, 1, output_frames(WINDOW))
     return logits[0, :, 0, :num_valid].T, expected[0, :num_valid]
 
 

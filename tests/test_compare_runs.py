@@ -115,7 +115,7 @@ def test_parity_comes_from_the_runs_offline_wandb_summary_without_its_export_dir
     when the export directory itself is not given (offline files only, no server)."""
     import wandb
 
-    from edge_conformer.ane.export import wandb_summary
+    from edge_conformer.export.pipeline import wandb_summary
 
     checkpoint = _fake_run(tmp_path / "runs" / "a", "s", "depthwise", "mad", 20.0)
     report = _parity(checkpoint, 20.5, 0.98)

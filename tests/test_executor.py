@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_conformer.ane.executor import (
+from edge_conformer.mil.executor import (
     PackageExecutor,
     UnsupportedOpError,
 )
-from edge_conformer.ane.executor_kernels import KERNELS
-from edge_conformer.ane.executor_numerics import Numerics
+from edge_conformer.mil.fp16 import Numerics
+from edge_conformer.mil.kernels import KERNELS
 
 CHANNELS = 32
 MELS = 16
@@ -88,7 +88,7 @@ def convert(
     precision: str,
     target: str = "iOS16",
 ) -> Path:
-    # As edge_conformer.ane.convert does: torch.export (torch.jit.trace is deprecated), every
+    # As edge_conformer.export.convert does: torch.export (torch.jit.trace is deprecated), every
     # op decomposed to the core ATen set that coremltools converts.
     exported = torch.export.export(module.eval(), tuple(inputs.values())).run_decompositions({})
     model = ct.convert(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_conformer.ane.executor_kernels import KERNELS
-from edge_conformer.ane.executor_numerics import Numerics
+from edge_conformer.mil.fp16 import Numerics
+from edge_conformer.mil.kernels import KERNELS
 
 
 @pytest.mark.parametrize("strict", [False, True])

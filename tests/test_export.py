@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO, TEST_EXPORT, run_export
-from edge_conformer.ane.export import ExportSettings, export_checkpoint
+from edge_conformer.export.pipeline import ExportSettings, export_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -3,9 +3,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import REPO
-from edge_conformer.model import ConformerCTC, count_parameters
+from edge_conformer.model import ConformerCTC, build_model, count_parameters
 from edge_conformer.model.subsampling import subsampled_lengths
-from edge_conformer.training.run import build_model
 
 VARIANTS = [(s, n) for s in ("regular", "depthwise") for n in ("l2", "mad")]
 

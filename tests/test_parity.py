@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import REPO
-from edge_conformer.ane.parity import (
+from edge_conformer.export.parity import (
     TIE_ULPS,
     ParityThresholds,
     PsnrMeter,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from edge_conformer.ane.stress import scale_residual_stream
+from edge_conformer.export.stress import scale_residual_stream
 from edge_conformer.model import ConformerCTC
 from edge_conformer.model.norms import MADNorm
 

@@ -13,10 +13,10 @@ import torch
 import torchaudio.functional as AF
 
 from conftest import REPO
-from edge_conformer.ane.bundle import load_bundle
-from edge_conformer.ane.checkpoint import load_checkpoint
-from edge_conformer.ane.transcribe import checkpoint_transcriber, export_transcriber
 from edge_conformer.data.audio import read_audio
+from edge_conformer.runtime.bundle import load_bundle
+from edge_conformer.runtime.checkpoint import load_checkpoint
+from edge_conformer.runtime.transcriber import checkpoint_transcriber, export_transcriber
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,11 @@ import pytest
 import torch
 
 from conftest import LIBRISPEECH_DIR
-from edge_conformer.ane import build_ane_model
-from edge_conformer.ane.windowing import (
+from edge_conformer.data.audio import read_audio
+from edge_conformer.data.features import LogMelFeatures
+from edge_conformer.export import build_ane_model
+from edge_conformer.model import ConformerCTC
+from edge_conformer.runtime.windowing import (
     WindowSpec,
     kept_output_ranges,
     output_frames,
@@ -16,9 +19,6 @@ from edge_conformer.ane.windowing import (
     whole_utterance_logits,
     windowed_logits,
 )
-from edge_conformer.data.audio import read_audio
-from edge_conformer.data.features import LogMelFeatures
-from edge_conformer.model import ConformerCTC
 
 N_MELS = 80
 VOCAB = 12

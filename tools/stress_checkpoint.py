@@ -5,7 +5,7 @@
 
 Scales the subsampling output and every block branch's last projection by K (the norms absorb
 it) and every block's final norm by K; the CTC head undoes the last (see
-edge_conformer/ane/stress.py). IN may also be a training run directory. OUT is meant for
+edge_conformer/export/stress.py). IN may also be a training run directory. OUT is meant for
 export checks, not for further training: the optimizer state still refers to the old weights.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from edge_conformer.ane.checkpoint import resolve_checkpoint
-from edge_conformer.ane.stress import scale_residual_stream
+from edge_conformer.export.stress import scale_residual_stream
+from edge_conformer.runtime.checkpoint import resolve_checkpoint
 
 
 def main() -> None:

@@ -20,16 +20,16 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from edge_conformer.ane.checkpoint import load_checkpoint
-from edge_conformer.ane.executor import EXECUTOR_MODES
-from edge_conformer.ane.transcribe import (
+from edge_conformer.data.audio import BadAudioError
+from edge_conformer.mil.executor import EXECUTOR_MODES
+from edge_conformer.runtime.checkpoint import load_checkpoint
+from edge_conformer.runtime.transcriber import (
     RUNTIMES,
     checkpoint_transcriber,
     export_transcriber,
     is_export_dir,
 )
-from edge_conformer.ane.windowing import WindowSpec
-from edge_conformer.data.audio import BadAudioError
+from edge_conformer.runtime.windowing import WindowSpec
 
 EXPORT_DEFAULTS = Path(__file__).resolve().parents[1] / "conf" / "export" / "default.yaml"
 

@@ -24,6 +24,11 @@ def subsampled_lengths(lengths: torch.Tensor) -> torch.Tensor:
     return halved_lengths(halved_lengths(lengths))
 
 
+def output_frames(num_frames: int) -> int:
+    """Encoder frames that `num_frames` feature frames yield after 4x subsampling."""
+    return int(subsampled_lengths(torch.tensor(num_frames)))
+
+
 def zero_padding_frames(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Zero the time steps (axis 2 of (B, C, T, F)) at or beyond each utterance's length."""
     valid = torch.arange(x.shape[2], device=x.device)[None, :] < lengths[:, None]

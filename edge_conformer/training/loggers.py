@@ -9,9 +9,10 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
+from edge_conformer.records import RUN_ID_FILE
+
 log = logging.getLogger(__name__)
 
-RUN_ID_FILE = "wandb_run_id.txt"
 
 
 def persistent_run_id(run_dir: Path) -> str:

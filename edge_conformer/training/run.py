@@ -12,16 +12,11 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from edge_conformer.data.datamodule import SpeechDataModule
-from edge_conformer.model import ConformerCTC, count_parameters
+from edge_conformer.model import build_model, count_parameters
 from edge_conformer.training.lit_module import CTCModule
 from edge_conformer.training.results import print_results, write_results
 
 log = logging.getLogger(__name__)
-
-
-def build_model(model_cfg: DictConfig | dict, vocab_size: int, feat_dim: int) -> ConformerCTC:
-    """The Conformer-CTC of `model_cfg` (a conf/model/*.yaml) for a given vocabulary."""
-    return instantiate(model_cfg, vocab_size=vocab_size, feat_dim=feat_dim, _convert_="all")
 
 
 def _checkpoint_callbacks(run_dir: Path, every_n_steps: int) -> tuple[ModelCheckpoint, ...]:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edge_conformer.ane.graph import window_output_frames as output_frames
 from edge_conformer.model import ConformerCTC
+from edge_conformer.model.subsampling import output_frames
 
 SUBSAMPLING = 4  # feature frames per output frame (two stride-2 convs)
 
@@ -33,6 +33,8 @@ SUBSAMPLING = 4  # feature frames per output frame (two stride-2 convs)
 WindowRunner = Callable[[torch.Tensor, int], torch.Tensor]
 # What a package exposes: named input arrays -> named output arrays.
 PackagePredict = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+# An utterance's recogniser: features (N, n_mels) -> logits (output_frames(N), vocab + 1).
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _round_to_subsampling(frames: float) -> int:

@@ -12,7 +12,7 @@ from a `.mlpackage` and runs it anywhere, in one of `EXECUTOR_MODES`:
 
 Every run counts the non-finite values that op outputs (and the hidden statistics of fused
 normalisations and softmax) contain, per op type, so callers can report `nonfinite_count`.
-Kernels live in `executor_kernels`, the FP16 arithmetic in `executor_numerics`.
+Kernels live in `kernels`, the FP16 arithmetic in `fp16`, package reading in `package`.
 """
 
 from __future__ import annotations
@@ -25,19 +25,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_conformer.ane.executor_kernels import KERNELS, Kernel
-from edge_conformer.ane.executor_numerics import Numerics, count_nonfinite, round_to_fp16
+from edge_conformer.mil.fp16 import Numerics, count_nonfinite, round_to_fp16
+from edge_conformer.mil.kernels import KERNELS, Kernel
+from edge_conformer.mil.package import load_program
 
 if TYPE_CHECKING:
-    from coremltools.converters.mil.mil import Function, Operation, Var
+    from coremltools.converters.mil.mil import Operation, Var
 
 EXECUTOR_MODES = ("fp32", "fp16", "fp16-strict")
-WEIGHTS_DIR = Path("Data", "com.apple.CoreML", "weights")
 INPUT_OP_TYPE = "input"  # the stats key for inputs that overflow when rounded to FP16
 
 
 class UnsupportedOpError(NotImplementedError):
-    """The package uses an op type that has no kernel in `executor_kernels.KERNELS`."""
+    """The package uses an op type that has no kernel in `kernels.KERNELS`."""
 
 
 class OpExecutionError(RuntimeError):
@@ -72,7 +72,7 @@ class PackageExecutor:
         self._rounds_to_fp16 = mode != "fp32"
         self._numerics = Numerics(strict_fp16=mode == "fp16-strict")
 
-        spec, function = _load_main_function(self.package_path)
+        spec, function = load_program(self.package_path)
         self._input_shapes = {
             feature.name: tuple(feature.type.multiArrayType.shape)
             for feature in spec.description.input
@@ -202,7 +202,7 @@ class PackageExecutor:
             listed = ", ".join(f"{op_type} (x{count})" for op_type, count in unsupported.items())
             raise UnsupportedOpError(
                 f"{self.package_path}: no executor kernel for op type(s) {listed}; "
-                "add one to edge_conformer/ane/executor_kernels.py"
+                "add one to edge_conformer/mil/kernels.py"
             )
 
     def _plan(self, operations: list[Operation]) -> list[_Step]:
@@ -244,26 +244,6 @@ class PackageExecutor:
             outputs=tuple(var.name for var in op.outputs),
             release=release,
         )
-
-
-def _load_main_function(package_path: Path) -> tuple[Any, Function]:
-    """The model spec and the MIL function Core ML would run, read from a saved package."""
-    # coremltools is the optional `export` dependency: imported only when a package is read,
-    # through convert.py, which first filters its import-time noise (untested torch version).
-    from edge_conformer.ane.convert import _import_coremltools
-
-    ct = _import_coremltools()
-    from coremltools.converters.mil.frontend.milproto.load import load
-
-    if not package_path.is_dir():
-        raise FileNotFoundError(f"no .mlpackage at {package_path}")
-    spec = ct.models.MLModel(str(package_path), skip_model_load=True).get_spec()
-    if spec.WhichOneof("Type") != "mlProgram":
-        raise ValueError(f"{package_path} is a {spec.WhichOneof('Type')} model, not an ML Program")
-    program = load(
-        spec, spec.specificationVersion, file_weights_dir=str(package_path / WEIGHTS_DIR)
-    )
-    return spec, program.functions[spec.description.defaultFunctionName or "main"]
 
 
 def _input_vars(op: Operation) -> Iterator[Var]:

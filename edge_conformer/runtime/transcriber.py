@@ -9,25 +9,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_conformer.ane.bundle import (
+from edge_conformer.data.audio import read_audio
+from edge_conformer.data.features import LogMelFeatures
+from edge_conformer.data.tokenizer import Tokenizer
+from edge_conformer.decode import decode_logits
+from edge_conformer.mil.executor import PackageExecutor
+from edge_conformer.runtime.bundle import (
     COREML_AVAILABLE,
     FRONTEND_FILE,
     coreml_logits,
     executor_logits,
     load_bundle,
 )
-from edge_conformer.ane.checkpoint import LoadedCheckpoint
-from edge_conformer.ane.executor import PackageExecutor
-from edge_conformer.ane.parity import LogitsFn, decode_logits
-from edge_conformer.ane.windowing import (
+from edge_conformer.runtime.checkpoint import LoadedCheckpoint
+from edge_conformer.runtime.windowing import (
+    LogitsFn,
     WindowSpec,
     torch_window_runner,
     whole_utterance_logits,
     windowed_logits,
 )
-from edge_conformer.data.audio import read_audio
-from edge_conformer.data.features import LogMelFeatures
-from edge_conformer.data.tokenizer import Tokenizer
 
 RUNTIMES = ("auto", "coreml", "executor")
 

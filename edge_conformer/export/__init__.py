@@ -7,12 +7,11 @@ overflow-safe norms and softmax. `convert_to_coreml` saves it as an FP16 ML Prog
 `mil_op_histogram` counts the op types of a saved package.
 """
 
-from edge_conformer.ane.convert import convert_to_coreml, mil_op_histogram
-from edge_conformer.ane.graph import (
+from edge_conformer.export.convert import convert_to_coreml, mil_op_histogram
+from edge_conformer.export.graph import (
     AneConformerCTC,
     build_ane_model,
     key_padding_bias,
-    window_output_frames,
 )
 
 __all__ = [
@@ -21,5 +20,4 @@ __all__ = [
     "convert_to_coreml",
     "key_padding_bias",
     "mil_op_histogram",
-    "window_output_frames",
 ]

@@ -31,7 +31,22 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from edge_conformer.ane.bundle import (
+from edge_conformer.data.manifests import load_cuts
+from edge_conformer.export.convert import convert_to_coreml
+from edge_conformer.export.graph import build_ane_model
+from edge_conformer.export.parity import (
+    TABLE_COLUMNS,
+    ParityThresholds,
+    Recognizers,
+    featurised_utterances,
+    gate_failures,
+    measure_test_set,
+    parity_markdown,
+    parity_rows,
+)
+from edge_conformer.mil.executor import PackageExecutor
+from edge_conformer.numerics import PRENORMALIZERS
+from edge_conformer.runtime.bundle import (
     COREML_AVAILABLE,
     COREML_UNAVAILABLE_NOTE,
     PACKAGE_DIR,
@@ -44,28 +59,13 @@ from edge_conformer.ane.bundle import (
     load_bundle,
     write_frontend,
 )
-from edge_conformer.ane.checkpoint import LoadedCheckpoint, load_checkpoint
-from edge_conformer.ane.convert import convert_to_coreml
-from edge_conformer.ane.executor import PackageExecutor
-from edge_conformer.ane.graph import build_ane_model
-from edge_conformer.ane.parity import (
-    TABLE_COLUMNS,
-    ParityThresholds,
-    Recognizers,
-    featurised_utterances,
-    gate_failures,
-    measure_test_set,
-    parity_markdown,
-    parity_rows,
-)
-from edge_conformer.ane.windowing import (
+from edge_conformer.runtime.checkpoint import LoadedCheckpoint, load_checkpoint
+from edge_conformer.runtime.windowing import (
     WindowSpec,
     torch_window_runner,
     whole_utterance_logits,
     windowed_logits,
 )
-from edge_conformer.data.manifests import load_cuts
-from edge_conformer.numerics import PRENORMALIZERS
 
 log = logging.getLogger(__name__)
 

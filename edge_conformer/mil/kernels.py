@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edge_conformer.ane.executor_numerics import Numerics, normalize_axes
+from edge_conformer.mil.fp16 import Numerics, normalize_axes
 
 Kernel = Callable[..., Any]
 KERNELS: dict[str, Kernel] = {}

@@ -16,7 +16,7 @@ t is valid iff 2t < L, i.e. iff input frame 2t is.
 
 The only layout ops outside the blocks are two reshapes in the subsampling and one that turns
 the frame mask into the key-padding bias every block shares; inside, each block transposes
-its keys once (see `AneSelfAttention`). The layer rewrites live in `edge_conformer.ane.layers`.
+its keys once (see `AneSelfAttention`). The layer rewrites live in `edge_conformer.export.layers`.
 """
 
 from __future__ import annotations
@@ -24,20 +24,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edge_conformer.ane.layers import AneConformerBlock, AneSubsampling, linear_to_conv
+from edge_conformer.export.layers import AneConformerBlock, AneSubsampling, linear_to_conv
 from edge_conformer.model.conformer import ConformerCTC
-from edge_conformer.model.subsampling import subsampled_lengths
+from edge_conformer.model.subsampling import output_frames
 from edge_conformer.numerics import PRENORMALIZERS
 
 # Added to the scores of padded keys. Finite so that FP16 arithmetic stays NaN-free (-inf minus
 # a -inf row maximum is NaN); 1e4 is far inside FP16's range (65504) yet large enough that
 # exp(score - 1e4) is exactly 0 in any float format next to a valid key's term.
 MASKED_SCORE = 1e4
-
-
-def window_output_frames(window_frames: int) -> int:
-    """Frames S that a window of `window_frames` feature frames yields after 4x subsampling."""
-    return int(subsampled_lengths(torch.tensor(window_frames)))
 
 
 def key_padding_bias(frame_mask: torch.Tensor) -> torch.Tensor:
@@ -58,7 +53,7 @@ class AneConformerCTC(nn.Module):
     ) -> None:
         super().__init__()
         self.window_frames = window_frames
-        self.num_frames = window_output_frames(window_frames)
+        self.num_frames = output_frames(window_frames)
         self.subsampling = AneSubsampling(model.subsampling)
         self.blocks = nn.ModuleList(
             AneConformerBlock(block, self.num_frames, prenormalizer, softmax_rescale)

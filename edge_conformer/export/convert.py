@@ -6,49 +6,15 @@ ANE graph itself must stay importable and testable without it.
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections import Counter
 from pathlib import Path
-from types import ModuleType
 
 import torch
 from torch import nn
 
+from edge_conformer.mil.package import import_coremltools, load_program
+
 PACKAGE_SUFFIX = ".mlpackage"
-
-
-class _ExpectedCoremltoolsNoise(logging.Filter):
-    """Drops coremltools log lines that say nothing about this conversion.
-
-    - "Torch version X has not been tested with coremltools": it compares version numbers only;
-      whether conversion of *this* graph works is what tests/test_ane_graph.py checks.
-    - "Failed to load _ML...: No module named 'coremltools.libcoremlpython'" off macOS: the
-      Core ML runtime exists only on Apple platforms, so prediction is unavailable by design.
-      On macOS the same line means a broken install, so it is kept there.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "has not been tested with coremltools" in message:
-            return False
-        runtime_missing = "No module named 'coremltools.libcoremlpython'" in message
-        return not (runtime_missing and sys.platform != "darwin")
-
-
-_NOISE_FILTER = _ExpectedCoremltoolsNoise()
-
-
-def _import_coremltools() -> ModuleType:
-    # The filter must be installed before the first import: the version check runs at import.
-    coreml_log = logging.getLogger("coremltools")
-    coreml_log.addFilter(_NOISE_FILTER)
-    # Its INFO lines (one per converted and per removed op, thousands for a model) would bury
-    # export.py's own progress display whenever the root logger is at INFO, as Hydra sets it.
-    coreml_log.setLevel(logging.WARNING)
-    import coremltools
-
-    return coremltools
 
 
 def convert_to_coreml(
@@ -68,7 +34,7 @@ def convert_to_coreml(
     window_frames), the output is "logits"; shapes are fixed to one window because flexible
     shapes can push a model off the Neural Engine.
     """
-    ct = _import_coremltools()
+    ct = import_coremltools()
     settings = {
         "fp16": (ct.precision.FLOAT16, ct.ComputeUnit.CPU_AND_NE),
         "fp32": (ct.precision.FLOAT32, ct.ComputeUnit.CPU_ONLY),
@@ -105,19 +71,11 @@ def convert_to_coreml(
 
 
 def mil_op_histogram(package_path: Path) -> dict[str, int]:
-    """Count the ops of a saved package's `main` function by type (constants excluded).
+    """Count the ops of a saved package's main function by type (constants excluded).
 
     Reads the MIL program back from the package, so it works on Linux where Core ML cannot
     load the model. Most frequent op types first.
     """
-    ct = _import_coremltools()
-    from coremltools.converters.mil.frontend.milproto.load import load
-
-    package_path = Path(package_path)
-    spec = ct.models.MLModel(str(package_path), skip_model_load=True).get_spec()
-    weights_dir = package_path / "Data" / "com.apple.CoreML" / "weights"
-    program = load(spec, spec.specificationVersion, file_weights_dir=str(weights_dir))
-    counts = Counter(
-        op.op_type for op in program.functions["main"].operations if op.op_type != "const"
-    )
+    _, function = load_program(Path(package_path))
+    counts = Counter(op.op_type for op in function.operations if op.op_type != "const")
     return dict(counts.most_common())

@@ -19,17 +19,18 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_conformer.ane.checkpoint import TOKENIZER_FILE
-from edge_conformer.ane.executor import PackageExecutor
-from edge_conformer.ane.parity import LogitsFn
-from edge_conformer.ane.windowing import (
+from edge_conformer.data.features import LogMelFeatures
+from edge_conformer.data.tokenizer import Tokenizer
+from edge_conformer.mil.executor import PackageExecutor
+from edge_conformer.mil.package import import_coremltools
+from edge_conformer.runtime.checkpoint import TOKENIZER_FILE
+from edge_conformer.runtime.windowing import (
     SUBSAMPLING,
+    LogitsFn,
     WindowSpec,
     package_window_runner,
     windowed_logits,
 )
-from edge_conformer.data.features import LogMelFeatures
-from edge_conformer.data.tokenizer import Tokenizer
 
 PACKAGE_DIR = "model.mlpackage"
 FRONTEND_FILE = "frontend.json"
@@ -119,9 +120,7 @@ def coreml_logits(bundle: Bundle) -> LogitsFn:
     """Utterance logits from the package run by the Core ML runtime (macOS only)."""
     if not COREML_AVAILABLE:
         raise RuntimeError(f"the Core ML runtime is {COREML_UNAVAILABLE_NOTE}")
-    from edge_conformer.ane.convert import _import_coremltools
-
-    ct = _import_coremltools()
+    ct = import_coremltools()
     mlmodel = ct.models.MLModel(str(bundle.package), compute_units=ct.ComputeUnit.CPU_AND_NE)
     run_window = package_window_runner(mlmodel.predict)
     return lambda features: windowed_logits(features, run_window, bundle.window)

@@ -16,9 +16,8 @@ import torch
 
 from edge_conformer.data.features import LogMelFeatures
 from edge_conformer.data.tokenizer import Tokenizer
-from edge_conformer.model import ConformerCTC
-from edge_conformer.training.loggers import RUN_ID_FILE
-from edge_conformer.training.run import build_model
+from edge_conformer.model import ConformerCTC, build_model
+from edge_conformer.records import RUN_ID_FILE
 
 STATE_PREFIX = "model."  # the LightningModule holds the ConformerCTC as `self.model`
 TOKENIZER_FILE = "tokenizer.model"

@@ -25,10 +25,9 @@ from edge_conformer.data.dataset import load_cut_audio
 from edge_conformer.data.features import LogMelFeatures
 from edge_conformer.data.manifests import cut_text
 from edge_conformer.data.tokenizer import Tokenizer
-from edge_conformer.decode import error_rates, greedy_ctc_decode
+from edge_conformer.decode import decode_logits, error_rates
+from edge_conformer.runtime.windowing import LogitsFn
 
-# features (N, n_mels) -> logits (output_frames(N), vocab + 1)
-LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 MISMATCHES_KEPT = 10  # differing transcripts listed per test set in parity.json
 # A frame is a numerical tie when FP32's two best logits lie within this many FP16 ulps (of the
 # best logit): FP16 cannot order them reliably, however well the graph is protected.
@@ -57,12 +56,6 @@ class Recognizers:
 class ParityThresholds:
     min_identical: float  # share of utterances whose FP16 transcript equals FP32-windowed's
     max_wer_delta: float  # WER points FP16 may add over FP32-windowed
-
-
-def decode_logits(logits: torch.Tensor, tokenizer: Tokenizer) -> str:
-    """Greedy CTC transcript of one utterance's logits (frames, vocab + 1)."""
-    (token_ids,) = greedy_ctc_decode(logits[None], torch.tensor([logits.shape[0]]))
-    return tokenizer.decode(token_ids)
 
 
 def featurised_utterances(cuts: CutSet, features: LogMelFeatures) -> Iterator[EvalUtterance]:
