@@ -6,12 +6,15 @@
 
 (A path holding "=", as Lightning's checkpoint names do, must be quoted for Hydra as above.)
 
-Writes DIR/model.mlpackage, tokenizer.model, frontend.json, parity.json and parity.md. When
-parity fails it exits 1, DIR is left as it was, and the report is in DIR.rejected/.
+Writes DIR/model.mlpackage, tokenizer.model, frontend.json, parity.json and parity.md, and
+stream.mlpackage when the model streams (export.streaming). When parity fails (either
+package's) it exits 1, DIR is left as it was, and the report is in DIR.rejected/. DIR must be
+new or an earlier export (it holds .edge-conformer-export): any other directory is refused.
 """
 
 import os
 import sys
+from pathlib import Path
 
 # Before anything imports tqdm (it reads its settings then): coremltools draws a tqdm bar per
 # conversion pass, and the rich progress display already shows the conversion.
@@ -20,25 +23,33 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from edge_conformer.console import make_console  # noqa: E402
-from edge_conformer.export.pipeline import ExportSettings, export_checkpoint, parity_table  # noqa: E402
-from edge_conformer.runtime.bundle import PARITY_MD  # noqa: E402
+from edge_conformer.config.entry import check_command_line  # noqa: E402
+from edge_conformer.errors import exit_on_user_input_error  # noqa: E402
+
+CONF_DIR = Path(__file__).parent / "conf"
 
 
 @hydra.main(config_path="conf", config_name="export", version_base="1.3")
+@exit_on_user_input_error  # a bad ckpt or out: one line naming it, exit 1
 def main(cfg: DictConfig) -> None:
-    settings = ExportSettings(**OmegaConf.to_container(cfg.export, resolve=True))
+    # torch and coremltools: only once the config has passed its checks.
+    from edge_conformer.console import make_console
+    from edge_conformer.export.pipeline import export_checkpoint, parity_tables
+    from edge_conformer.runtime.bundle import PARITY_MD
+
+    settings = OmegaConf.to_object(cfg.export)  # ExportSettings (edge_conformer/config)
     outcome = export_checkpoint(cfg.ckpt, cfg.out, settings)
     console = make_console()
-    console.print(parity_table(outcome.report))
+    console.print(parity_tables(outcome.report))
     if outcome.passed:
         console.print(f"exported to {outcome.directory}")
         return
-    for reason in outcome.report["reasons"]:
+    for reason in outcome.report.reasons:
         console.print(f"[red]parity failed[/red]: {reason}")
     console.print(f"nothing published; the report is in {outcome.directory / PARITY_MD}")
     sys.exit(1)
 
 
 if __name__ == "__main__":
+    check_command_line(CONF_DIR, "export")
     main()

@@ -118,7 +118,7 @@ def main() -> None:
     export_defaults = OmegaConf.load(REPO / "conf" / "export" / "default.yaml")
     window = WindowSpec.from_seconds(
         export_defaults.window_seconds, export_defaults.overlap_seconds,
-        frames_per_second=front_end.sample_rate / front_end.hop_length,
+        frames_per_second=front_end.settings.frames_per_second,
     )
 
     with tempfile.TemporaryDirectory() as workdir:

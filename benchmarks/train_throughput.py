@@ -87,7 +87,7 @@ class ThroughputProbe(L.Callback):
 
 
 def seconds_per_frame(datamodule) -> float:
-    return datamodule.features.hop_length / datamodule.features.sample_rate
+    return 1 / datamodule.features.settings.frames_per_second
 
 
 def run_ours(cfg, warmup: int) -> float:

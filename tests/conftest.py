@@ -62,7 +62,7 @@ def small_digits_overrides(data_dir: Path) -> list[str]:
 # Enough steps for the tiny model to emit words (WER below 100%, not all blanks), so export parity
 # compares real transcripts rather than empty ones: about 40 s on two cores.
 TINY_RUN_OVERRIDES = [
-    "trainer.max_steps=300", "trainer.val_check_interval=100", "optim.warmup_steps=30",
+    "trainer.max_steps=300", "trainer.val_check_interval=100", "optim.schedule.warmup_steps=30",
     "optim.lr=5e-3",
 ]
 

@@ -30,13 +30,15 @@ VARIANTS = [
 VALID_FRAMES = [WINDOW, 41, 39]
 
 
-def tiny_model(subsampling: str, norm: str, num_layers: int = 2) -> ConformerCTC:
+def tiny_model(
+    subsampling: str, norm: str, num_layers: int = 2, conv_context: str = "symmetric"
+) -> ConformerCTC:
     """A randomly initialised eval-mode model whose norms and BatchNorms are not identities."""
     torch.manual_seed(0)
     model = ConformerCTC(
         vocab_size=VOCAB, feat_dim=N_MELS, d_model=64, num_heads=NUM_HEADS,
         num_layers=num_layers, conv_kernel_size=7, subsampling=subsampling, norm=norm,
-        dropout=0.0,
+        dropout=0.0, conv_context=conv_context,
     )
     with torch.no_grad():
         for module in model.modules():
@@ -74,6 +76,19 @@ def valid_logits(
 @pytest.mark.parametrize(("subsampling", "norm"), VARIANTS)
 def test_ane_graph_matches_training_graph(subsampling: str, norm: str, valid_frames: int) -> None:
     model = tiny_model(subsampling, norm)
+    ane_model = build_ane_model(model, window_frames=WINDOW)
+    logits, expected = valid_logits(model, ane_model, valid_frames)
+    assert (logits - expected).abs().max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("valid_frames", [WINDOW, 41])
+@pytest.mark.parametrize("conv_context", ["causal", "chunk"])
+def test_streamable_conv_contexts_export_at_full_context(
+    conv_context: str, valid_frames: int
+) -> None:
+    # The offline window is one chunk: `chunk` is the symmetric conv there, `causal` must stay
+    # causal (the training module's depthwise.padding is symmetric in every context).
+    model = tiny_model("depthwise", "mad", conv_context=conv_context)
     ane_model = build_ane_model(model, window_frames=WINDOW)
     logits, expected = valid_logits(model, ane_model, valid_frames)
     assert (logits - expected).abs().max() <= TOLERANCE

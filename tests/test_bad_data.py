@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 
@@ -9,10 +10,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import SMALL_DIGITS
 from edge_conformer.data.audio import BadAudioError, read_audio
+from edge_conformer.data.corpora.digits import prepare_digits, scan_takes
+from edge_conformer.data.corpora.lhotse_manifests import checked_cuts, prepare_lhotse_manifests
+from edge_conformer.data.corpora.prepared import STAMP_FILE, is_prepared, write_prepared
 from edge_conformer.data.dataset import AsrDataset
 from edge_conformer.data.features import LogMelFeatures
-from edge_conformer.data.manifests import BadTranscriptError, Utterance, build_cuts
+from edge_conformer.data.manifests import BadTranscriptError, Utterance, build_cuts, load_cuts
 from edge_conformer.data.tokenizer import train_tokenizer
 
 
@@ -99,3 +104,88 @@ def test_file_broken_after_preparation_is_skipped_at_load_time(good_wav, tmp_pat
         batch = AsrDataset(LogMelFeatures(), tokenizer)[cuts]
     assert batch["ids"] == ["a"] and batch["skipped"] == 1
     assert str(other) in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus preparation: bad takes, the "prepared" stamp, atomic writes (data/corpora/prepared.py)
+
+
+def fsdd_copy(fsdd_dir, tmp_path, names):
+    recordings = tmp_path / "fsdd" / "recordings"
+    recordings.mkdir(parents=True)
+    for name in names:
+        shutil.copy(fsdd_dir / "recordings" / name, recordings / name)
+    return tmp_path / "fsdd"
+
+
+def test_unusable_fsdd_takes_are_skipped_by_name_and_all_bad_is_an_error(
+    fsdd_dir, tmp_path, caplog
+):
+    names = ["5_lucas_9.wav", "3_theo_1.wav", "7_jackson_3.wav"]
+    copy = fsdd_copy(fsdd_dir, tmp_path, names)
+    corrupt = copy / "recordings" / names[1]
+    corrupt.write_bytes(b"RIFF\x00\x01garbage" * 20)
+    with caplog.at_level(logging.WARNING):
+        takes = scan_takes(copy)
+    assert sorted(t.path.name for t in takes) == sorted([names[0], names[2]])
+    assert str(corrupt) in caplog.text and "skipped 1 of 3 FSDD recordings" in caplog.text
+    for name in names:
+        (copy / "recordings" / name).write_bytes(b"")
+    with pytest.raises(ValueError, match="no usable FSDD recordings"):
+        scan_takes(copy)
+
+
+def test_checked_cuts_stop_at_a_bad_cut_or_skip_it_by_name(good_wav, tmp_path, caplog):
+    other = tmp_path / "other.wav"
+    shutil.copy(good_wav, other)
+    cuts = build_cuts([Utterance("a", good_wav, "five"), Utterance("b", other, "five")])
+    other.write_bytes(b"")  # a cut manifest from elsewhere, whose audio broke since
+    with pytest.raises(BadAudioError, match=str(other)):
+        checked_cuts(cuts, on_bad_data="error")
+    with caplog.at_level(logging.WARNING):
+        kept = checked_cuts(cuts, on_bad_data="skip")
+    assert [c.id for c in kept] == ["a"] and "skipped 1 of 2 cuts" in caplog.text
+
+
+def mtimes(manifests):
+    return {name: path.stat().st_mtime_ns for name, path in manifests.items()}
+
+
+def test_a_prepared_manifest_is_reused_and_rewritten_only_when_its_settings_change(
+    small_digits, tmp_path
+):
+    cuts = load_cuts(small_digits["dev"])
+    manifest = tmp_path / "cuts_dev.jsonl.gz"
+    write_prepared(cuts, manifest, {"seed": 0, "gap": (0.1, 0.2)})
+    assert is_prepared(manifest, {"seed": 0, "gap": (0.1, 0.2)})  # as it reads back (lists)
+    assert not is_prepared(manifest, {"seed": 1, "gap": (0.1, 0.2)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cuts_dev.jsonl.gz", "prepared.json"]
+    assert len(load_cuts(manifest)) == len(cuts)  # no temporary file left, the manifest whole
+    manifest.unlink()
+    assert not is_prepared(manifest, {"seed": 0, "gap": (0.1, 0.2)})
+
+
+def test_a_digits_corpus_is_reused_and_the_previous_stamp_rebuilds_once(fsdd_dir, tmp_path):
+    settings = {**SMALL_DIGITS, "num_train": 8}
+    manifests = prepare_digits(fsdd_dir, tmp_path, **settings)
+    first = mtimes(manifests)
+    assert mtimes(prepare_digits(fsdd_dir, tmp_path, **settings)) == first  # reused untouched
+    # The previous scheme's stamp held the settings alone: that corpus is rebuilt, once.
+    (tmp_path / STAMP_FILE).write_text(json.dumps({"seed": 0, "num_train": 8}))
+    rebuilt = mtimes(prepare_digits(fsdd_dir, tmp_path, **settings))
+    assert all(rebuilt[name] > first[name] for name in first)
+    assert mtimes(prepare_digits(fsdd_dir, tmp_path, **settings)) == rebuilt
+
+
+def test_lhotse_roles_are_rebuilt_only_when_their_own_inputs_change(small_digits, tmp_path):
+    def prepare(test_manifest):
+        return prepare_lhotse_manifests(
+            tmp_path, [str(small_digits["dev"])], [str(small_digits["dev"])],
+            {"other": [str(test_manifest)]},
+        )
+
+    first = mtimes(prepare(small_digits["test"]))
+    assert mtimes(prepare(small_digits["test"])) == first
+    again = mtimes(prepare(small_digits["unseen_speaker"]))
+    assert again["train"] == first["train"] and again["dev"] == first["dev"]
+    assert again["other"] > first["other"]

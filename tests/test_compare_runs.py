@@ -1,4 +1,8 @@
-"""tools/compare_runs.py on a real four-variant sweep, and on runs with exports beside them."""
+"""tools/compare_runs.py on a real four-variant sweep, and on runs with exports beside them.
+
+It reads the project's own files only (results.json, parity.json, wandb_run_id.txt, the run's
+.hydra/config.yaml): W&B is written to, never read.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from record_samples import export_report, run_results, set_parity
 
 from conftest import REPO, small_digits_overrides
+from edge_conformer.records import ErrorRates, ExportReport, Variant
 
 VARIANTS = {(s, n) for s in ("regular", "depthwise") for n in ("l2", "mad")}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -68,7 +74,8 @@ def test_compare_runs_tabulates_and_plots_the_sweep(sweep_dir, tmp_path):
     params = {(row[3], row[4]): float(row[5]) for row in rows}
     assert params[("depthwise", "l2")] < params[("regular", "l2")]
     assert all(row[-2] == "not exported" for row in rows)
-    # Read from the runs' offline W&B files: each its own W&B run, all in the sweep's group.
+    # From each run's wandb_run_id.txt and .hydra/config.yaml: its own W&B run, all in the
+    # sweep's group.
     ids = {json.loads(p.read_text())["wandb_run_id"] for p in sweep_dir.rglob("results.json")}
     assert {row[1] for row in rows} == {f"{run_id} (test-sweep)" for run_id in ids}
     picture = (tmp_path / "comparison.png").read_bytes()
@@ -77,18 +84,18 @@ def test_compare_runs_tabulates_and_plots_the_sweep(sweep_dir, tmp_path):
 
 def _fake_run(run_dir: Path, size: str, subsampling: str, norm: str, wer: float) -> Path:
     (run_dir / "checkpoints").mkdir(parents=True)
-    results = {"variant": {"size": size, "subsampling": subsampling, "norm": norm},
-               "parameters": 1_000_000, "train_steps": 10, "audio_seconds_per_second": 50.0,
-               "test": {"test-other": {"wer": wer, "cer": wer / 2, "utterances": 100}}}
-    (run_dir / "results.json").write_text(json.dumps(results))
-    return run_dir / "checkpoints" / "best-step=10.ckpt"
+    checkpoint = run_dir / "checkpoints" / "best-step=10.ckpt"
+    run_results(variant=Variant(size, subsampling, norm), checkpoint=str(checkpoint),
+                test={"test-other": ErrorRates(wer=wer, cer=wer / 2, utterances=100)},
+                ).write(run_dir / "results.json")
+    return checkpoint
 
 
-def _parity(checkpoint: Path, wer_fp16: float, identical: float) -> dict:
-    return {"checkpoint": str(checkpoint), "passed": identical >= 0.99,
-            "package_bytes": 3 * 2**20,
-            "test_sets": {"test-other": {"wer_fp32": 20.0, "wer_fp16": wer_fp16,
-                                         "identical": identical, "nonfinite": 0}}}
+def _parity(checkpoint: Path, wer_fp16: float, identical: float) -> ExportReport:
+    reasons = () if identical >= 0.99 else (f"test-other: identical transcripts {identical}",)
+    result = set_parity(wer_fp32=20.0, wer_fp16=wer_fp16, identical=identical)
+    return export_report(test_sets={"test-other": result}, reasons=reasons,
+                         checkpoint=str(checkpoint), package_bytes=3 * 2**20)
 
 
 def test_exports_are_matched_to_their_runs_by_place_or_checkpoint(tmp_path):
@@ -96,11 +103,9 @@ def test_exports_are_matched_to_their_runs_by_place_or_checkpoint(tmp_path):
     elsewhere = _fake_run(tmp_path / "runs" / "b", "s", "regular", "l2", 21.0)
     _fake_run(tmp_path / "runs" / "c", "s", "regular", "mad", 22.0)
     (tmp_path / "runs" / "a" / "export").mkdir()
-    (tmp_path / "runs" / "a" / "export" / "parity.json").write_text(
-        json.dumps(_parity(inside, 20.0, 1.0)))
+    _parity(inside, 20.0, 1.0).write(tmp_path / "runs" / "a" / "export" / "parity.json")
     (tmp_path / "exports" / "b").mkdir(parents=True)  # given separately, found by checkpoint
-    (tmp_path / "exports" / "b" / "parity.json").write_text(
-        json.dumps(_parity(elsewhere, 23.5, 0.9)))
+    _parity(elsewhere, 23.5, 0.9).write(tmp_path / "exports" / "b" / "parity.json")
 
     compare_runs(str(tmp_path / "runs"), str(tmp_path / "exports"), "--out", str(tmp_path))
     rows = {row[0]: row for row in table_rows((tmp_path / "comparison.md").read_text())}
@@ -110,26 +115,19 @@ def test_exports_are_matched_to_their_runs_by_place_or_checkpoint(tmp_path):
     assert (tmp_path / "comparison.png").read_bytes().startswith(PNG_MAGIC)
 
 
-def test_parity_comes_from_the_runs_offline_wandb_summary_without_its_export_dir(tmp_path):
-    """export.py adds its numbers to the training run's W&B run: compare_runs finds them there
-    when the export directory itself is not given (offline files only, no server)."""
-    import wandb
-
-    from edge_conformer.export.pipeline import wandb_summary
-
-    checkpoint = _fake_run(tmp_path / "runs" / "a", "s", "depthwise", "mad", 20.0)
-    report = _parity(checkpoint, 20.5, 0.98)
-    report.update(executor="fp16-strict", prenormalizer="mad", softmax_rescale=True,
-                  window={"seconds": 8.0}, export_seconds=60.0)
-    report["test_sets"]["test-other"].update(wer_fp32_windowed=20.0, logits_psnr_db=70.0)
-    # The summary export.py writes, so that compare_runs is tested against its very keys.
-    summary = wandb_summary(report, tmp_path / "exports" / "a")
-    run = wandb.init(mode="offline", dir=str(checkpoint.parents[1]), id="abc123", group="g1",
-                     settings=wandb.Settings(silent=True))
-    run.summary.update(summary)
-    run.finish()
+def test_wandb_id_and_group_come_from_the_run_directory_not_from_wandb(tmp_path):
+    """wandb_run_id.txt gives the id, the W&B logger's group in .hydra/config.yaml the group
+    (the sweep's name, as conf/logger/wandb.yaml sets it); a run not logged to W&B has none."""
+    _fake_run(tmp_path / "runs" / "logged", "s", "depthwise", "mad", 20.0)
+    (tmp_path / "runs" / "logged" / "wandb_run_id.txt").write_text("abc123\n")
+    hydra_dir = tmp_path / "runs" / "logged" / ".hydra"
+    hydra_dir.mkdir()
+    (hydra_dir / "config.yaml").write_text(
+        "sweep_name: ls-ablation\nlogger:\n  project: edge-conformer\n  group: ${sweep_name}\n")
+    _fake_run(tmp_path / "runs" / "csv-only", "s", "regular", "l2", 21.0)
 
     compare_runs(str(tmp_path / "runs"), "--out", str(tmp_path))
-    (row,) = table_rows((tmp_path / "comparison.md").read_text())
-    assert row[1] == "abc123 (g1)"
-    assert row[-3:] == ["20.00 / 20.50 (98%)", "FAILED", "3.0"]
+    rows = {row[0]: row for row in table_rows((tmp_path / "comparison.md").read_text())}
+    assert rows["logged"][1] == "abc123 (ls-ablation)"
+    assert rows["csv-only"][1] == "–"
+    assert rows["logged"][-2] == "not exported"  # parity comes from parity.json files only

@@ -19,8 +19,9 @@ from edge_conformer.data.corpora.digits import (
     scan_takes,
 )
 from edge_conformer.data.dataset import AsrDataset, load_cut_audio
-from edge_conformer.data.features import LogMelFeatures, SpecAugment
-from edge_conformer.data.manifests import Utterance, build_cuts, cut_text
+from edge_conformer.data.features import FeatureSettings, FeatureStats, LogMelFeatures, SpecAugment
+from edge_conformer.data.manifests import Utterance, build_cuts, cut_text, load_cuts
+from edge_conformer.data.storage import precompute_features
 from edge_conformer.data.tokenizer import train_tokenizer
 
 
@@ -62,9 +63,26 @@ def test_features_are_80_bin_log_mel_at_10ms(fsdd_dir):
     features = LogMelFeatures()
     waveform = read_audio(fsdd_dir / "recordings" / "3_jackson_0.wav", 16000)
     feats = features(waveform)
-    assert feats.shape == (features.num_frames(len(waveform)), 80)
+    assert feats.shape == (features.settings.num_frames(len(waveform)), 80)
     assert torch.isfinite(feats).all()
     torch.testing.assert_close(feats.mean(0), torch.zeros(80), atol=1e-4, rtol=0)
+
+
+def test_stored_features_are_normalised_by_the_global_statistics(small_digits, tmp_path):
+    """Stored features are the loader's, global normalisation included, and their manifest's
+    name changes with the statistics (other statistics: other features)."""
+    dev = tmp_path / "cuts_dev.jsonl.gz"
+    load_cuts(small_digits["dev"]).subset(first=3).to_file(dev)
+    settings = FeatureSettings(sample_rate=8000, n_fft=256, normalize="global")
+    stats = FeatureStats(mean=torch.linspace(-9, -4, 80).tolist(), std=[2.5] * 80)
+    front_end = LogMelFeatures(settings, stats)
+    stored = precompute_features(dev, front_end, tmp_path / "features")
+    for cut in load_cuts(stored):
+        features = torch.from_numpy(cut.load_features())
+        expected = front_end(load_cut_audio(cut, settings.sample_rate))  # no dither
+        torch.testing.assert_close(features, expected[: features.shape[0]])
+    other_stats = FeatureStats(mean=stats.mean, std=[3.0] * 80)
+    assert precompute_features(dev, LogMelFeatures(settings, other_stats), tmp_path) != stored
 
 
 def test_other_rates_are_resampled_and_stereo_down_mixed(fsdd_dir, tmp_path):

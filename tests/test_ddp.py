@@ -109,10 +109,6 @@ def test_fsdp_preset_wraps_each_conformer_block():
     assert policy._module_classes == {ConformerBlock}
 
 
-def test_cpu_trainer_leaves_distribution_to_the_lhotse_sampler():
-    assert _trainer_config().use_distributed_sampler is False
-
-
 def test_slurm_launcher_preset_allocates_one_task_per_trainer_device():
     # The launcher plugin is the optional [cluster] extra; [dev] installs it for this test.
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

@@ -5,7 +5,7 @@ import torch
 
 from edge_conformer.decode import error_rates, greedy_ctc_decode
 from edge_conformer.decode.ctc import collapse_ctc
-from edge_conformer.training.schedules import cosine, make_schedule, noam
+from edge_conformer.training.schedules import cosine, noam
 
 
 def test_collapse_merges_repeats_and_drops_blanks():
@@ -38,5 +38,3 @@ def test_schedules_warm_up_then_decay():
     decay = cosine(10, 110, min_factor=0.0)
     assert decay(5) == pytest.approx(0.5) and decay(60) == pytest.approx(0.5)
     assert decay(110) == pytest.approx(0.0, abs=1e-12) and not math.isnan(decay(1000))
-    with pytest.raises(ValueError, match="optim.schedule"):
-        make_schedule("step", 10, 100)

@@ -5,7 +5,9 @@ Conversions are module-scoped fixtures: each costs a second or two, every test r
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import time
 from pathlib import Path
 
 import coremltools as ct
@@ -15,12 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge_conformer.export import mil_op_histogram
 from edge_conformer.mil.executor import (
     PackageExecutor,
     UnsupportedOpError,
 )
 from edge_conformer.mil.fp16 import Numerics
 from edge_conformer.mil.kernels import KERNELS
+from edge_conformer.mil.package import load_program
 
 CHANNELS = 32
 MELS = 16
@@ -308,6 +312,32 @@ def test_description_and_op_histogram(pieces_packages):
     assert histogram["layer_norm"] == 2
     assert histogram["softmax"] == 1
     assert list(histogram.values()) == sorted(histogram.values(), reverse=True)
+
+
+def test_reading_a_package_touches_none_of_its_files(layer_norm_package):
+    def snapshot() -> dict[Path, tuple[str | None, int]]:
+        paths = [layer_norm_package, *layer_norm_package.rglob("*")]
+        return {
+            path: (
+                hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None,
+                path.stat().st_mtime_ns,
+            )
+            for path in paths
+        }
+
+    before = snapshot()
+    time.sleep(0.05)  # so that a rewrite, even of the same bytes, shows as a later mtime
+    run(PackageExecutor(layer_norm_package, mode="fp16"), {"x": torch.zeros(1, 512, 1, 16)})
+    mil_op_histogram(layer_norm_package)
+    assert snapshot() == before
+
+
+def test_load_program_names_what_it_cannot_read(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Manifest.json"):
+        load_program(tmp_path)
+    (tmp_path / "Manifest.json").write_text('{"itemInfoEntries": {}}')
+    with pytest.raises(ValueError, match="rootModelIdentifier"):
+        load_program(tmp_path)
 
 
 def test_unsupported_op_names_the_op_type_and_the_package(layer_norm_package, monkeypatch):

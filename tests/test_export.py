@@ -12,10 +12,13 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, TEST_EXPORT, run_export
 from edge_conformer.export.pipeline import ExportSettings, export_checkpoint
+from edge_conformer.export.publish import EXPORT_MARKER
+from edge_conformer.records import ExportReport
 
 pytestmark = pytest.mark.slow
 
-EXPORT_FILES = {"model.mlpackage", "tokenizer.model", "frontend.json", "parity.json", "parity.md"}
+EXPORT_FILES = {"model.mlpackage", "tokenizer.model", "frontend.json", "parity.json", "parity.md",
+                EXPORT_MARKER}
 
 
 def settings(**overrides) -> ExportSettings:
@@ -23,13 +26,13 @@ def settings(**overrides) -> ExportSettings:
     return ExportSettings(**{**defaults, **TEST_EXPORT, **overrides})
 
 
-def assert_parity_holds(report: dict) -> None:
-    assert report["passed"] and not report["reasons"]
-    assert report["thresholds"]["min_identical"] == TEST_EXPORT["min_identical"]
-    for result in report["test_sets"].values():
-        assert result["utterances"] == 8 and result["nonfinite"] == 0
-        assert result["identical"] >= TEST_EXPORT["min_identical"]
-        assert result["logits_psnr_db"] >= 60  # FP16 rounding alone: about 70 dB here
+def assert_parity_holds(report: ExportReport) -> None:
+    assert report.passed and not report.reasons
+    assert report.thresholds.min_identical == TEST_EXPORT["min_identical"]
+    for result in report.windowed.test_sets.values():
+        assert result.utterances == 8 and result.nonfinite == 0
+        assert result.identical >= TEST_EXPORT["min_identical"]
+        assert result.logits_psnr_db >= 60  # FP16 rounding alone: about 70 dB here
 
 
 def no_staging_left(parent: Path) -> bool:
@@ -40,12 +43,12 @@ def test_export_publishes_a_package_that_passes_parity(digits_export) -> None:
     done, out = digits_export
     assert done.returncode == 0, done.stderr[-3000:]
     assert {p.name for p in out.iterdir()} == EXPORT_FILES
-    report = json.loads((out / "parity.json").read_text())
-    assert report["executor"] == "fp16-strict" and report["prenormalizer"] == "mad"
+    report = ExportReport.read(out / "parity.json")
+    assert report.executor == "fp16-strict" and report.prenormalizer == "mad"
     assert_parity_holds(report)
     # The model emits words (not only blanks), so identical transcripts mean something.
-    assert min(r["wer_fp32"] for r in report["test_sets"].values()) < 100
-    assert report["ops"]["einsum"] > 0 and report["package_bytes"] > 0
+    assert min(r.wer_fp32 for r in report.windowed.test_sets.values()) < 100
+    assert report.ops["einsum"] > 0 and report.package_bytes > 0
     frontend = json.loads((out / "frontend.json").read_text())
     assert frontend["window"]["frames"] == 200 and frontend["blank_index"] == 0
     assert "# Export parity: PASSED" in (out / "parity.md").read_text()
@@ -63,7 +66,7 @@ def test_export_passes_with_the_fp16_executor(trained_digits_run: Path, tmp_path
     outcome = export_checkpoint(
         trained_digits_run, tmp_path / "fp16", settings(executor="fp16", wandb=False)
     )
-    assert outcome.directory == tmp_path / "fp16" and outcome.report["executor"] == "fp16"
+    assert outcome.directory == tmp_path / "fp16" and outcome.report.executor == "fp16"
     assert_parity_holds(outcome.report)
 
 
@@ -78,7 +81,7 @@ def stressed_checkpoint(trained_digits_run: Path, tmp_path_factory) -> Path:
 
 def test_stabilised_export_of_a_stressed_checkpoint_passes(stressed_checkpoint, tmp_path):
     outcome = export_checkpoint(stressed_checkpoint, tmp_path / "stressed", settings(wandb=False))
-    assert outcome.report["executor"] == "fp16-strict"
+    assert outcome.report.executor == "fp16-strict"
     assert_parity_holds(outcome.report)
 
 
@@ -87,11 +90,12 @@ def test_unprotected_export_of_a_stressed_checkpoint_fails_and_publishes_nothing
 ) -> None:
     out = tmp_path / "export"
     out.mkdir()
-    (out / "previous.txt").write_text("an export published earlier")
+    (out / EXPORT_MARKER).write_text("an export published earlier")  # may be replaced ...
+    (out / "previous.txt").write_text("its content")
     done = run_export(stressed_checkpoint, out, "export.prenormalizer=none")
 
     assert done.returncode == 1
-    assert [p.name for p in out.iterdir()] == ["previous.txt"]  # untouched
+    assert sorted(p.name for p in out.iterdir()) == [EXPORT_MARKER, "previous.txt"]  # ... not
     rejected = tmp_path / "export.rejected"
     assert str(rejected / "parity.md") in " ".join(done.stdout.split())
     report = json.loads((rejected / "parity.json").read_text())

@@ -20,7 +20,7 @@ from edge_conformer.data.audio import BadAudioError, read_audio
 from edge_conformer.data.corpora.librispeech import prepare_librispeech, read_split
 from edge_conformer.data.features import LogMelFeatures
 from edge_conformer.data.manifests import BadTranscriptError
-from edge_conformer.data.storage import LogMelConfig, LogMelExtractor, shar_training_cuts
+from edge_conformer.data.storage import LogMelExtractor, shar_training_cuts
 
 SPLIT = "test-other"
 CHAPTER = LIBRISPEECH_DIR / SPLIT / "3005" / "163389"
@@ -114,7 +114,7 @@ def test_any_lhotse_recipe_output_plugs_in_by_path(corpus, tmp_path):
 
 def test_stored_features_are_the_loader_features(corpus):
     path = CHAPTER / "3005-163389-0002.flac"
-    extractor = LogMelExtractor(LogMelConfig())
+    extractor = LogMelExtractor()
     stored = torch.from_numpy(extractor.extract(read_audio(path, 16000).numpy(), 16000))
     on_the_fly = LogMelFeatures()(read_audio(path, 16000))  # no generator: no dither
     assert stored.shape[0] == on_the_fly.shape[0] - 1

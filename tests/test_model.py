@@ -61,3 +61,12 @@ def test_unknown_variant_names_are_rejected():
         ConformerCTC(10, d_model=32, num_heads=2, num_layers=1, norm="rms")
     with pytest.raises(ValueError, match="model.subsampling"):
         ConformerCTC(10, d_model=32, num_heads=2, num_layers=1, subsampling="vgg")
+    with pytest.raises(ValueError, match="model.conv_context"):
+        ConformerCTC(10, d_model=32, num_heads=2, num_layers=1, conv_context="future")
+
+
+def test_model_configs_build_with_their_streaming_block():
+    """conf/model's `streaming` block configures training, not the network's arguments."""
+    cfg = model_config("xs", "model.conv_context=chunk", "model.streaming.enabled=true")
+    model = build_model(cfg, 32, 80)
+    assert model.conv_context == "chunk" and model.conv_cache_frames == 15

@@ -21,6 +21,7 @@ from edge_conformer.numerics import (
     FP16,
     FP32,
     FloatFormat,
+    accumulate_mean,
     accumulate_sum,
     augmented_sum_range,
     computed_sum_range,
@@ -41,6 +42,7 @@ from edge_conformer.numerics import (
     stable_layer_norm,
     stable_mad_norm,
 )
+from edge_conformer.numerics.arithmetic import EmulatedArithmetic
 from edge_conformer.numerics.table import norm_table, softmax_table
 
 PROPERTY = settings(max_examples=40, deadline=None)
@@ -474,6 +476,40 @@ def test_accumulate_sum_rounds_every_partial_sum() -> None:
     assert accumulate_sum(ones, -1, FP16).tolist() == [2048.0] * 3
     assert accumulate_sum(ones, 1, FP32, keepdim=True).shape == (3, 1)
     assert accumulate_sum(torch.full((100,), 1000.0), 0, FP16).item() == math.inf
+
+
+def test_accumulate_sum_rounds_terms_and_sums_several_dims_in_order() -> None:
+    x = torch.tensor([[1 / 3, 2048.0], [1.0, 1.0]], dtype=torch.float64)
+
+    # Row-major order: 1/3 (rounded to FP16) + 2048 = 2048.33 rounds to 2048, + 1 + 1 ties down.
+    assert accumulate_sum(x, (0, 1), FP16).item() == 2048.0
+    assert accumulate_sum(x, (1, 0), FP32, keepdim=True).shape == (1, 1)
+    assert accumulate_sum(x, (0, 1), FP32).item() == float(torch.tensor(2050 + 1 / 3).float())
+
+
+def test_a_mean_rounds_only_the_quotient_of_the_accumulated_sum() -> None:
+    large = torch.full((1, 176), 1000.0, dtype=torch.float64)
+
+    # The sum 176000 exceeds FP16's range, the mean does not: only an FP16 accumulator overflows.
+    assert accumulate_mean(large, -1, FP32).item() == 1000.0
+    assert accumulate_mean(large, -1, FP16).item() == math.inf
+    # fl(sum / 3), not fl(fl(sum) * fl(1/3)): 1/3 in FP16 is 0.33325..., 3 * 0.33325 != 1.
+    thirds = torch.ones(3, dtype=torch.float64)
+    assert accumulate_mean(thirds, 0, FP16).item() == 1.0
+    assert EmulatedArithmetic(FP16, FP32).mean(thirds[None], -1).item() == 1.0
+
+
+@pytest.mark.parametrize("fmt", [FP16, BF16])
+def test_ulp_is_the_spacing_of_the_format(fmt: FloatFormat) -> None:
+    x = torch.tensor([0.0, 1e-9, fmt.min_normal, 0.75, 1.0, 1.5, -3.0, 1e3, 0.99 * fmt.max_finite])
+    rounded = round_to_format(x, fmt)
+
+    ulp = fmt.ulp(x)
+
+    # The next larger magnitude is one ulp away, and ulp is a power of two of the format.
+    next_up = torch.nextafter(rounded.abs().to(fmt.dtype), torch.tensor(math.inf, dtype=fmt.dtype))
+    assert torch.equal(next_up.double() - rounded.abs().double(), ulp.double())
+    assert fmt.ulp(torch.tensor([1.0])).item() == 2.0**-fmt.mantissa_bits
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,35 +1,38 @@
-"""The parity gate's decisions and its logits PSNR, on hand-made results."""
+"""The parity gate's decisions, its logits PSNR, its measurements and report, on hand-made
+results."""
 
 from __future__ import annotations
 
+import io
+import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from record_samples import MISMATCH, export_report, set_parity
+from rich.console import Console
 
 from conftest import REPO
 from edge_conformer.export.parity import (
+    STREAMING,
     TIE_ULPS,
-    ParityThresholds,
+    EvalUtterance,
     PsnrMeter,
+    Recognizers,
     flipped_margin_ulps,
     gate_failures,
+    judge,
+    measure_test_set,
+    parity_markdown,
 )
+from edge_conformer.export.pipeline import parity_tables, publish_if_passed, wandb_summary
+from edge_conformer.export.publish import staging_dir
+from edge_conformer.records import CoreMLParity, ExportReport, ParityThresholds
 
 DEFAULTS = OmegaConf.load(REPO / "conf" / "export" / "default.yaml")
 THRESHOLDS = ParityThresholds(DEFAULTS.min_identical, DEFAULTS.max_wer_delta)
-
-
-def result(**changes) -> dict:
-    good = {"utterances": 200, "identical": 1.0, "nonfinite": 0, "first_nonfinite_op": None,
-            "wer_fp32_windowed": 5.0, "wer_fp16": 5.0, "tied_mismatches": 0}
-    return {**good, **changes}
-
-
-def test_defaults_are_the_documented_gate() -> None:
-    assert (THRESHOLDS.min_identical, THRESHOLDS.max_wer_delta) == (0.99, 0.5)
-    assert DEFAULTS.executor == "fp16-strict" and DEFAULTS.prenormalizer == "mad"
 
 
 @pytest.mark.parametrize(
@@ -45,7 +48,7 @@ def test_defaults_are_the_documented_gate() -> None:
     ],
 )
 def test_gate(changes: dict, reason: str | None) -> None:
-    reasons = gate_failures({"test": result(**changes)}, THRESHOLDS)
+    reasons = gate_failures({"test": set_parity(**changes)}, THRESHOLDS)
     if reason is None:
         assert reasons == []
     else:
@@ -70,3 +73,148 @@ def test_flips_are_measured_in_fp16_ulps_of_the_fp32_margin() -> None:
     both_flipped = torch.tensor([[7.99, 8.0, 0.0], [1.0, 5.0, 0.0]])  # the largest margin counts
     assert flipped_margin_ulps(reference, both_flipped) == pytest.approx(4.0 / 2**-8, rel=1e-3)
     assert flipped_margin_ulps(reference, reference) == 0.0
+
+
+class CountingExecutor:
+    """Stands in for PackageExecutor's non-finite statistics: one inf per FP16 run."""
+
+    def __init__(self) -> None:
+        self.nonfinite_by_op_type = {"stale": 5}  # left from an earlier test set
+        self.first_nonfinite_op: str | None = "stale_0"
+
+    @property
+    def nonfinite_count(self) -> int:
+        return sum(self.nonfinite_by_op_type.values())
+
+    def reset_stats(self) -> None:
+        self.nonfinite_by_op_type, self.first_nonfinite_op = {}, None
+
+    def run_fp16(self, logits: torch.Tensor) -> torch.Tensor:
+        self.nonfinite_by_op_type["exp"] = self.nonfinite_by_op_type.get("exp", 0) + 1
+        self.first_nonfinite_op = self.first_nonfinite_op or "exp_1"
+        return logits[:, [0, 2, 1]]  # tokens 1 and 2 swapped: FP16 misreads them
+
+
+def test_a_test_set_is_measured_into_a_set_parity_record() -> None:
+    # The "features" are logits: blank, token 1, token 2 per frame; the recognisers pass them on.
+    silence = torch.tensor([[5.0, 0.0, 1.0], [5.0, 1.0, 0.0]])
+    word = torch.tensor([[0.0, 5.0, 4.99], [5.0, 0.0, 1.0]])  # token 1 barely beats token 2
+    tokenizer = SimpleNamespace(decode=lambda ids: " ".join(["one", "two"][i] for i in ids))
+    executor = CountingExecutor()
+    identity = lambda logits: logits
+    result = measure_test_set(
+        [EvalUtterance("quiet", "", silence), EvalUtterance("utt-1", "one", word)],
+        Recognizers(fp32=identity, fp32_reference=identity, fp16=executor.run_fp16),
+        tokenizer,
+        fp16_counter=executor,
+    )
+    assert (result.utterances, result.wer_fp32, result.wer_fp16) == (2, 0.0, 100.0)
+    assert result.identical == 0.5 and result.windowing_cost == 0.0
+    (mismatch,) = result.mismatches
+    assert (mismatch.id, mismatch.fp32_windowed, mismatch.fp16) == ("utt-1", "one", "two")
+    # 0.01 apart at 5.0, where an FP16 ulp is 2**-8: 2.56 ulps, a tie FP16 cannot order.
+    assert mismatch.fp32_margin_ulps == 2.56 and result.tied_mismatches == 1
+    assert (result.nonfinite, result.first_nonfinite_op) == (2, "exp_1")  # this set's only
+    assert result.coreml is None
+
+
+def test_parity_md_renders_the_report_record() -> None:
+    failed = set_parity(identical=0.995, mismatches=(MISMATCH,), tied_mismatches=1,
+                        logits_psnr_db=None, coreml=CoreMLParity(wer=5.5, identical=0.99))
+    report = export_report(test_sets={"clean": set_parity(), "other": failed},
+                           reasons=("other: identical transcripts 0.995 < min_identical 1.0",))
+    markdown = parity_markdown(report)
+    assert markdown.startswith("# Export parity: FAILED\n")
+    assert "| clean | 200 | 4.50 | 5.00 | 5.00 | 1.000 | 0 | 70.0 | not run |" in markdown
+    assert "| other | 200 | 4.50 | 5.00 | 5.00 | 0.995 | 0 | n/a (non-finite) | WER 5.50%, " \
+           "identical 0.990 |" in markdown
+    assert "- other: identical transcripts 0.995 < min_identical 1.0" in markdown
+    assert '- `utt-7` (2.5 ulps): FP32 windowed "one two" / FP16 "one too"' in markdown
+    assert "| einsum | 8 |" in markdown
+
+
+# ---------------------------------------------------------------------------------------------
+# The streaming package's section (stream.mlpackage, chunk by chunk against the FP32 chunk loop)
+
+STREAM_PACKAGE = {"chunk_frames": 16, "left_frames": 64, "chunk_seconds": 0.64,
+                  "left_seconds": 2.56, "algorithmic_latency_seconds": 0.655, "bytes": 2**20}
+
+
+def streaming_report(**changes) -> ExportReport:
+    """A report whose windowed section passed, with a streaming section of `changes`."""
+    streaming = judge({"test": set_parity(**changes)}, THRESHOLDS, STREAMING)
+    return export_report(streaming=streaming, stream_package=STREAM_PACKAGE)
+
+
+def test_the_streaming_gate_has_the_same_thresholds_and_names_its_reference() -> None:
+    assert streaming_report().passed
+    (reason,) = streaming_report(wer_fp16=5.6).streaming.reasons
+    assert reason == ("test: FP16 WER 5.60% is 0.60 points above FP32 streaming 5.00% "
+                      "(max_wer_delta 0.5)")
+
+
+def test_a_streaming_package_that_recognises_noise_is_not_published(tmp_path) -> None:
+    # As above, the "features" are logits and the FP32 ways pass them on; the streaming
+    # package's FP16 way returns noise that always reads "two".
+    tokenizer = SimpleNamespace(decode=lambda ids: " ".join(["one", "two"][i] for i in ids))
+    word = torch.tensor([[0.0, 5.0, 1.0], [5.0, 0.0, 1.0]])
+    noise = lambda logits: torch.tensor([0.0, 0.0, 9.0]).expand_as(logits)  # noqa: E731
+    identity = lambda logits: logits  # noqa: E731
+    result = measure_test_set(
+        [EvalUtterance(f"utt-{i}", "one", word) for i in range(3)],
+        Recognizers(fp32=identity, fp32_reference=identity, fp16=noise),
+        tokenizer, fp16_counter=CountingExecutor(),
+    )
+    assert (result.wer_fp32_windowed, result.wer_fp16, result.identical) == (0.0, 100.0, 0.0)
+    failed = export_report(streaming=judge({"test": result}, THRESHOLDS, STREAMING),
+                           stream_package=STREAM_PACKAGE)
+    assert failed.windowed.passed and not failed.passed
+    assert failed.reasons[0].startswith("streaming test: identical transcripts 0.000")
+
+    out = tmp_path / "export"
+    with staging_dir(out) as staging:
+        failed.write(staging / "parity.json")
+    assert publish_if_passed(staging, out, failed) == tmp_path / "export.rejected"
+    assert not out.exists()  # nothing published: the windowed package passed, alone
+    with staging_dir(out) as staging:  # the same export with both sections passing
+        streaming_report().write(staging / "parity.json")
+    assert publish_if_passed(staging, out, streaming_report()) == out and out.is_dir()
+
+
+def test_parity_json_holds_the_streaming_section_and_the_overall_verdict() -> None:
+    report = streaming_report(identical=0.5)
+    data = json.loads(json.dumps(report.to_json()))
+    # Top level: the export's verdict, the windowed section's reasons and test sets.
+    assert data["passed"] is False and data["reasons"] == []
+    assert data["streaming"]["passed"] is False and data["streaming"]["reasons"]
+    assert data["stream_package"]["chunk_frames"] == 16
+    assert ExportReport.from_json(data) == report
+    assert "streaming" not in export_report().to_json()  # no streaming package, no section
+
+
+def test_reports_show_the_streaming_table_beside_the_windowed_one() -> None:
+    report = streaming_report(wer_fp32_windowed=6.25, wer_fp16=6.5)
+    markdown = parity_markdown(report)
+    assert ("## Streaming package (stream.mlpackage), chunk 16 frames (0.64 s), left 64 "
+            "frames (2.56 s): PASSED") in markdown
+    assert ("| test set | utts | WER fp32 full | WER fp32 stream | WER fp16 stream "
+            "| identical |") in markdown
+    assert "| test | 200 | 4.50 | 6.25 | 6.50 | 1.000 | 0 | 70.0 | not run |" in markdown
+    assert "| test | 200 | 4.50 | 5.00 | 5.00 | 1.000 | 0 | 70.0 | not run |" in markdown
+
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(parity_tables(report))
+    lines = console.export_text().splitlines()
+    assert max(map(len, lines)) <= 120
+    windowed, streaming = (i for i, line in enumerate(lines) if "package (" in line)
+    assert "Windowed package" in lines[windowed] and "Streaming package" in lines[streaming]
+    rows = [line.split() for line in lines if line.split()[1:3] == ["test", "│"]]
+    assert [row[3:10:2] for row in rows] == [["200", "4.50", "5.00", "5.00"],
+                                             ["200", "4.50", "6.25", "6.50"]]
+
+
+def test_wandb_summary_adds_the_streaming_numbers(tmp_path) -> None:
+    summary = wandb_summary(streaming_report(wer_fp32_windowed=6.25, wer_fp16=6.5), tmp_path)
+    assert summary["export/stream/passed"] is True and summary["export/stream/chunk_frames"] == 16
+    assert summary["export/stream/test/wer_fp16"] == 6.5 and summary["export/test/wer_fp16"] == 5.0
+    assert not [key for key in wandb_summary(export_report(), tmp_path) if "/stream/" in key]

@@ -43,10 +43,10 @@ def assert_same_weights(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def train_args(tmp_path_factory) -> list[str]:
     data_dir = tmp_path_factory.mktemp("digits_data")
-    # optim.total_steps pins the cosine schedule to the 10-step run, so that a run stopped at
-    # max_steps=6 and resumed to 10 trains on the uninterrupted run's learning rates.
+    # optim.schedule.total_steps pins the cosine schedule to the 10-step run, so that a run
+    # stopped at max_steps=6 and resumed to 10 trains on the uninterrupted run's learning rates.
     return [*small_digits_overrides(data_dir), "logger=csv", "checkpoint_every_n_steps=2",
-            "trainer.val_check_interval=4", "optim.total_steps=10"]
+            "trainer.val_check_interval=4", "optim.schedule.total_steps=10"]
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,28 @@ def test_n_steps_then_resume_then_m_steps_equals_n_plus_m(train_args, uninterrup
                         tmp_path / "checkpoints" / "last.ckpt")
     best = sorted(p.name for p in (tmp_path / "checkpoints").glob("best-*.ckpt"))
     assert best == [p.name for p in (uninterrupted / "checkpoints").glob("best-*.ckpt")]
+
+
+def test_resume_with_dynamic_chunk_training_equals_uninterrupted(train_args, tmp_path):
+    """model.streaming on: each step's chunk context is drawn from (seed, step), so a resumed
+    run trains under the contexts the uninterrupted run trained under; validation and test
+    add the deployed chunk context's WER."""
+    from edge_conformer.training.chunking import DynamicChunks
+
+    draws = [DynamicChunks(enabled=True).draw(seed=0, step=step) for step in range(10)]
+    # The run trains at full context and under chunk masks, the resumed part too.
+    assert None in draws and any(draws[4:])
+    args = [*train_args, "model.streaming.enabled=true", "model.conv_context=chunk"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    run_train(*args, "trainer.max_steps=10", f"hydra.run.dir={whole}")
+    run_train(*args, "trainer.max_steps=4", f"hydra.run.dir={resumed}")
+    run_train(*args, "trainer.max_steps=10", f"hydra.run.dir={resumed}")
+    assert_same_weights(whole / "checkpoints" / "last.ckpt", resumed / "checkpoints" / "last.ckpt")
+    (metrics,) = whole.rglob("metrics.csv")
+    with metrics.open() as f:
+        assert any(row.get("val/wer_stream") for row in csv.DictReader(f))
+    for rates in json.loads((whole / "results.json").read_text())["test"].values():
+        assert 0 <= rates["wer_stream"] <= 100 * 8 and 0 <= rates["cer_stream"]
 
 
 def test_killed_run_resumes_from_last_checkpoint(train_args, uninterrupted, tmp_path):

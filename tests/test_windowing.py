@@ -7,9 +7,11 @@ import torch
 
 from conftest import LIBRISPEECH_DIR
 from edge_conformer.data.audio import read_audio
-from edge_conformer.data.features import LogMelFeatures
+from edge_conformer.data.features import FeatureSettings, LogMelFeatures
 from edge_conformer.export import build_ane_model
 from edge_conformer.model import ConformerCTC
+from edge_conformer.model.subsampling import SUBSAMPLING_FACTOR
+from edge_conformer.runtime.bundle import frontend_description
 from edge_conformer.runtime.windowing import (
     WindowSpec,
     kept_output_ranges,
@@ -40,7 +42,7 @@ def frame_index_runner(window_starts: list[int]):
         start = window_starts.pop(0)
         frames = output_frames(valid)
         logits = torch.zeros(frames, VOCAB + 1)
-        logits[:, 0] = start // 4 + torch.arange(frames)
+        logits[:, 0] = start // SUBSAMPLING_FACTOR + torch.arange(frames)
         return logits
 
     return run_window
@@ -66,6 +68,28 @@ def test_window_spec_rounds_seconds_to_whole_output_frames() -> None:
     assert spec.window_output_frames == 200
     with pytest.raises(ValueError, match="shorter than the window"):
         WindowSpec(64, 64)
+
+
+def test_the_subsampling_factor_is_what_the_model_computes() -> None:
+    """Window starts rely on it: k * SUBSAMPLING_FACTOR feature frames give k encoder frames."""
+    subsampling = tiny_model().subsampling
+    for k in (1, 2, 7):
+        frames = k * SUBSAMPLING_FACTOR
+        out, lengths = subsampling(torch.randn(1, frames, N_MELS), torch.tensor([frames]))
+        assert out.shape[1] == int(lengths[0]) == output_frames(frames) == k
+
+
+def test_seconds_follow_the_hop_the_stft_uses() -> None:
+    """22.05 kHz at 10 ms: the STFT hops 220 samples, so frames last 220 / 22050 s, not 10 ms."""
+    features = LogMelFeatures(FeatureSettings(sample_rate=22050, n_fft=1024, hop_length_ms=10.0))
+    one_second = features(torch.zeros(22050)).shape[0]
+    assert one_second == 22050 // 220 + 1  # the centred STFT's frames, one every 220 samples
+    fps = features.settings.frames_per_second
+    spec = WindowSpec.from_seconds(8.0, 2.0, fps)
+    assert spec.window_frames == 800  # 8 s * 100.2 frames/s, rounded to whole output frames
+    window = frontend_description(features, spec, vocab_size=VOCAB)["window"]
+    assert window["seconds"] == pytest.approx(800 * 220 / 22050)
+    assert window["overlap_seconds"] == pytest.approx(spec.overlap_frames * 220 / 22050)
 
 
 def test_one_window_over_the_whole_utterance_equals_whole_utterance_decoding() -> None:
@@ -105,7 +129,7 @@ def test_longest_real_utterances_decode_window_by_window() -> None:
     """The longest test-other utterances (about 20 to 23 s) in the default 8 s windows."""
     model = tiny_model()
     features = LogMelFeatures()
-    spec = WindowSpec.from_seconds(8.0, 2.0, features.sample_rate / features.hop_length)
+    spec = WindowSpec.from_seconds(8.0, 2.0, features.settings.frames_per_second)
     for path in longest_librispeech_files(3):
         feats = features(read_audio(path, features.sample_rate))
         assert feats.shape[0] > 2 * spec.window_frames  # at least three windows

@@ -5,88 +5,90 @@
 
 Every DIR is searched recursively for `results.json` (one per training run) and `parity.json`
 (one per export, from export.py). An export belongs to the run whose directory holds it or
-holds the checkpoint it was made from; a run with several exports shows the newest. Each run's
-offline W&B files are read too (no W&B server or network): they give the run's W&B id and
-group, and the parity numbers export.py added to the run when its parity.json is not among the
-DIRs. Writes
-`comparison.md` (one row per run: variant, parameters, test WERs, training throughput, FP32 vs
-FP16 WER and identical share, package size) and `comparison.png` (WER vs parameters, and FP32
-vs FP16 WER per variant) into --out (default: the first DIR).
+holds the checkpoint it was made from; a run with several exports shows the newest. A run's
+W&B id and group come from its own directory (wandb_run_id.txt, and the W&B logger's group in
+.hydra/config.yaml): W&B is written to, never read. Writes `comparison.md` (one row per run:
+variant, parameters, test WERs, training throughput, FP32 vs FP16 WER and identical share,
+package size) and `comparison.png` (WER vs parameters, and FP32 vs FP16 WER per variant) into
+--out (default: the first DIR).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+from omegaconf import OmegaConf
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from edge_conformer.training.wandb_offline import OfflineRun, read_offline_run  # noqa: E402
+from edge_conformer.errors import exit_on_user_input_error  # noqa: E402
+from edge_conformer.records import (  # noqa: E402
+    PARITY_JSON,
+    RESULTS_JSON,
+    ExportReport,
+    RunResults,
+    SetParity,
+    read_run_id,
+)
 
-EXPORT_PREFIX = "export/"  # the W&B summary keys export.py adds (ane/export.py: wandb_summary)
+HYDRA_CONFIG = Path(".hydra") / "config.yaml"  # the config Hydra saved in the run directory
 
 
 @dataclass
 class Run:
-    results: dict
+    results: RunResults
     run_dir: Path
-    parity: dict | None = None
-    wandb: OfflineRun | None = None
+    parity: ExportReport | None = None  # the newest export's report
+    wandb_id: str | None = None
+    wandb_group: str | None = None
 
     @property
     def variant(self) -> str:
-        v = self.results["variant"]
-        return f"{v['size']}/{v['subsampling']}/{v['norm']}"
+        return str(self.results.variant)
 
     def wer(self, test_set: str) -> float | None:
-        return self.results["test"].get(test_set, {}).get("wer")
+        rates = self.results.test.get(test_set)
+        return None if rates is None else rates.wer
 
-    def parity_of(self, test_set: str) -> dict | None:
-        return (self.parity or {}).get("test_sets", {}).get(test_set)
-
-
-def _load(path: Path) -> dict:
-    return json.loads(path.read_text())
+    def parity_of(self, test_set: str) -> SetParity | None:
+        return None if self.parity is None else self.parity.windowed.test_sets.get(test_set)
 
 
 def find_runs(dirs: list[Path]) -> list[Run]:
     """Every run under `dirs`, each with its newest export's parity report if there is one."""
-    runs = {p.parent.resolve(): Run(_load(p), p.parent.resolve())
-            for d in dirs for p in sorted(Path(d).rglob("results.json"))}
-    parity_files = {p.resolve() for d in dirs for p in Path(d).rglob("parity.json")}
+    runs = {p.parent.resolve(): _read_run(p.parent.resolve())
+            for d in dirs for p in sorted(Path(d).rglob(RESULTS_JSON))}
+    parity_files = {p.resolve() for d in dirs for p in Path(d).rglob(PARITY_JSON)}
     for path in sorted(parity_files, key=lambda p: p.stat().st_mtime):
-        report = _load(path)
-        run = _owner(runs, path, Path(report.get("checkpoint", "")))
+        report = ExportReport.read(path)
+        run = _owner(runs, path, Path(report.checkpoint))
         if run is not None:
             run.parity = report  # newer exports overwrite older ones
-    for run in runs.values():
-        run.wandb = read_offline_run(run.run_dir)
-        if run.parity is None and run.wandb is not None:
-            run.parity = parity_from_wandb(run.wandb.summary)
     return sorted(runs.values(), key=lambda r: (r.variant, str(r.run_dir)))
 
 
-def parity_from_wandb(summary: dict) -> dict | None:
-    """The parity report's numbers as export.py left them in the run's W&B summary."""
-    if f"{EXPORT_PREFIX}passed" not in summary:
+def _read_run(run_dir: Path) -> Run:
+    return Run(
+        results=RunResults.read(run_dir / RESULTS_JSON),
+        run_dir=run_dir,
+        wandb_id=read_run_id(run_dir),
+        wandb_group=wandb_group(run_dir),
+    )
+
+
+def wandb_group(run_dir: Path) -> str | None:
+    """The W&B group the run logged under (conf/logger/wandb.yaml: the sweep's name)."""
+    config_file = run_dir / HYDRA_CONFIG
+    if not config_file.is_file():
         return None
-    report: dict = {"test_sets": {}}
-    for key, value in summary.items():
-        if not key.startswith(EXPORT_PREFIX):
-            continue
-        name, _, metric = key.removeprefix(EXPORT_PREFIX).rpartition("/")
-        if name:
-            report["test_sets"].setdefault(name, {})[metric] = value
-        else:
-            report[metric] = value
-    return report
+    group = OmegaConf.select(OmegaConf.load(config_file), "logger.group", default=None)
+    return None if group is None else str(group)
 
 
 def _owner(runs: dict[Path, Run], parity_path: Path, checkpoint: Path) -> Run | None:
@@ -101,7 +103,7 @@ def test_set_names(runs: list[Run]) -> list[str]:
     """Test set names in first-seen order across runs."""
     names: dict[str, None] = {}
     for run in runs:
-        names.update(dict.fromkeys(run.results["test"]))
+        names.update(dict.fromkeys(run.results.test))
     return list(names)
 
 
@@ -113,25 +115,23 @@ def _parity_cell(run: Run, test_set: str) -> str:
     result = run.parity_of(test_set)
     if result is None:
         return "–"
-    return (f"{result['wer_fp32']:.2f} / {result['wer_fp16']:.2f} "
-            f"({100 * result['identical']:.0f}%)")
+    return f"{result.wer_fp32:.2f} / {result.wer_fp16:.2f} ({100 * result.identical:.0f}%)"
 
 
 def _package_mb(run: Run) -> float | None:
-    size = (run.parity or {}).get("package_bytes")
-    return None if size is None else size / 2**20
+    return None if run.parity is None else run.parity.package_bytes / 2**20
 
 
 def _parity_verdict(run: Run) -> str:
     if run.parity is None:
         return "not exported"
-    return "passed" if run.parity.get("passed") else "FAILED"
+    return "passed" if run.parity.passed else "FAILED"
 
 
 def _wandb_cell(run: Run) -> str:
-    if run.wandb is None:
+    if run.wandb_id is None:
         return "–"
-    return f"{run.wandb.run_id} ({run.wandb.group})" if run.wandb.group else run.wandb.run_id
+    return f"{run.wandb_id} ({run.wandb_group})" if run.wandb_group else run.wandb_id
 
 
 def markdown_table(runs: list[Run]) -> str:
@@ -141,11 +141,11 @@ def markdown_table(runs: list[Run]) -> str:
               *[f"FP32 / FP16 WER {n} % (identical)" for n in names], "parity", "package MB"]
     rows = []
     for run in runs:
-        r, v = run.results, run.results["variant"]
+        r, v = run.results, run.results.variant
         rows.append([
-            run.run_dir.name, _wandb_cell(run), v["size"], v["subsampling"], v["norm"],
-            f"{r['parameters'] / 1e6:.2f}", str(r.get("train_steps", "–")),
-            *[_num(run.wer(n)) for n in names], _num(r.get("audio_seconds_per_second"), "{:.1f}"),
+            run.run_dir.name, _wandb_cell(run), v.size, v.subsampling, v.norm,
+            f"{r.parameters / 1e6:.2f}", str(r.train_steps),
+            *[_num(run.wer(n)) for n in names], _num(r.audio_seconds_per_second, "{:.1f}"),
             *[_parity_cell(run, n) for n in names], _parity_verdict(run),
             _num(_package_mb(run), "{:.1f}"),
         ])
@@ -161,7 +161,7 @@ def plot(runs: list[Run], test_set: str, path: Path) -> None:
         wer = run.wer(test_set)
         if wer is None:
             continue
-        params = run.results["parameters"] / 1e6
+        params = run.results.parameters / 1e6
         left.scatter(params, wer, s=40)
         left.annotate(run.variant, (params, wer), textcoords="offset points", xytext=(4, 4),
                       fontsize=8)
@@ -169,8 +169,9 @@ def plot(runs: list[Run], test_set: str, path: Path) -> None:
     left.grid(alpha=0.3)
 
     labels = [run.variant for run in runs]
-    fp32 = [(run.parity_of(test_set) or {}).get("wer_fp32", run.wer(test_set)) for run in runs]
-    fp16 = [(run.parity_of(test_set) or {}).get("wer_fp16") for run in runs]
+    exported = [run.parity_of(test_set) for run in runs]
+    fp32 = [run.wer(test_set) if e is None else e.wer_fp32 for run, e in zip(runs, exported)]
+    fp16 = [None if e is None else e.wer_fp16 for e in exported]
     x = range(len(runs))
     right.bar([i - 0.2 for i in x], [w or 0 for w in fp32], width=0.4, label="FP32 (PyTorch model)")
     right.bar([i + 0.2 for i in x], [w or 0 for w in fp16], width=0.4,
@@ -179,7 +180,7 @@ def plot(runs: list[Run], test_set: str, path: Path) -> None:
         if value is None:
             right.annotate("not exported", (i + 0.2, 0), rotation=90, fontsize=7,
                            ha="center", va="bottom")
-        elif not run.parity.get("passed"):
+        elif not run.parity.passed:
             right.annotate("parity\nFAILED", (i + 0.2, value), fontsize=7, color="red",
                            ha="center", va="bottom")
     right.set_xticks(list(x), labels, rotation=30, ha="right", fontsize=8)
@@ -201,12 +202,13 @@ def compare(dirs: list[Path], out: Path, test_set: str | None = None) -> tuple[P
     table, picture = out / "comparison.md", out / "comparison.png"
     table.write_text(f"# Run comparison ({len(runs)} runs)\n\n" + markdown_table(runs)
                      + "\nFP32 / FP16 WER: the training graph vs the exported package on the"
-                     " same utterances (export.py's parity.json, or what it added to the run's"
-                     " W&B summary); identical: share of utterances with the same transcript.\n")
+                     " same utterances (export.py's parity.json); identical: share of utterances"
+                     " with the same transcript.\n")
     plot(runs, test_set, picture)
     return table, picture
 
 
+@exit_on_user_input_error  # an unreadable record: one line naming it, exit 1
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="run, sweep or export directories")

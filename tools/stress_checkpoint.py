@@ -16,10 +16,12 @@ from pathlib import Path
 
 import torch
 
+from edge_conformer.errors import exit_on_user_input_error
 from edge_conformer.export.stress import scale_residual_stream
-from edge_conformer.runtime.checkpoint import resolve_checkpoint
+from edge_conformer.runtime.checkpoint import read_checkpoint, resolve_checkpoint
 
 
+@exit_on_user_input_error
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", help="checkpoint (.ckpt) or training run directory")
@@ -28,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
 
     source = resolve_checkpoint(args.source)
-    checkpoint = torch.load(source, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(source)
     checkpoint["state_dict"] = scale_residual_stream(checkpoint["state_dict"], args.scale)
     checkpoint.setdefault("edge_conformer", {})["stress_scale"] = args.scale
     args.target.parent.mkdir(parents=True, exist_ok=True)

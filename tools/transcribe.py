@@ -3,12 +3,23 @@
     python tools/transcribe.py --model outputs/<run>/checkpoints/last.ckpt a.wav b.flac
     python tools/transcribe.py --model outputs/<run> --windowed a.wav   # as the package sees it
     python tools/transcribe.py --model exports/digits-xs a.wav          # the FP16 package
+    python tools/transcribe.py --model exports/digits-xs --stream a.wav # its streaming package
+    python tools/transcribe.py --model outputs/<run> --stream --realtime a.wav
 
 A checkpoint (or run directory) runs in PyTorch FP32, on whole utterances unless --windowed
 (then with the export defaults of conf/export/default.yaml). An export directory runs its
 package: in Core ML on macOS, in the package executor elsewhere (--mode). Any sample rate and
 channel count is fine. Prints `path<TAB>transcript`; unreadable files are reported on stderr by
-name, and the exit status is then 1.
+name, and the exit status is then 1. A --model that cannot be read stops it with one line
+naming the file.
+
+--stream feeds each file to the streaming recogniser (edge_conformer/runtime/streaming.py) in
+50 ms pieces, as a microphone would: a checkpoint's chunk loop (--chunk-frames/--left-frames,
+default its model.streaming.eval_chunk/eval_left), or an export's stream.mlpackage. It prints
+`path<TAB>seconds<TAB>transcript so far` each time a chunk has been recognised (seconds: the
+audio fed by then), and then the file's final line: its whole duration and final transcript.
+The final line is a file's last: the next line names the next file, or the output ends.
+--realtime (implies --stream) feeds the pieces at the speed of speech.
 """
 
 from __future__ import annotations
@@ -16,15 +27,25 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from edge_conformer.data.audio import BadAudioError
+from edge_conformer.data.audio import BadAudioError, read_audio
+from edge_conformer.errors import UserInputError, exit_on_user_input_error
 from edge_conformer.mil.executor import EXECUTOR_MODES
 from edge_conformer.runtime.checkpoint import load_checkpoint
+from edge_conformer.runtime.streaming import (
+    StreamingRecognizer,
+    checkpoint_recognizer,
+    configured_context,
+    export_recognizer,
+)
 from edge_conformer.runtime.transcriber import (
     RUNTIMES,
+    Transcriber,
     checkpoint_transcriber,
     export_transcriber,
     is_export_dir,
@@ -32,10 +53,15 @@ from edge_conformer.runtime.transcriber import (
 from edge_conformer.runtime.windowing import WindowSpec
 
 EXPORT_DEFAULTS = Path(__file__).resolve().parents[1] / "conf" / "export" / "default.yaml"
+PIECE_SECONDS = 0.05  # --stream feeds audio in pieces this long, as a microphone would
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--model", required=True,
                         help="a .ckpt, a training run directory, or an export directory")
     parser.add_argument("files", nargs="+", help="audio files (wav, flac, ...)")
@@ -45,7 +71,27 @@ def parse_args() -> argparse.Namespace:
                         help="export dir: auto = Core ML on macOS, the executor elsewhere")
     parser.add_argument("--mode", choices=EXECUTOR_MODES, default="fp16",
                         help="export dir: the executor's arithmetic")
-    return parser.parse_args()
+    parser.add_argument("--stream", action="store_true",
+                        help="print partial transcripts as the streaming recogniser makes them")
+    parser.add_argument("--realtime", action="store_true",
+                        help="--stream at the speed of speech (audio time = wall time)")
+    parser.add_argument("--chunk-frames", type=int,
+                        help="--stream, checkpoint: encoder frames per chunk "
+                             "(default: model.streaming.eval_chunk, else 16)")
+    parser.add_argument("--left-frames", type=int,
+                        help="--stream, checkpoint: encoder frames of left context "
+                             "(default: model.streaming.eval_left, else 64)")
+    args = parser.parse_args()
+    args.stream = args.stream or args.realtime
+    geometry_given = args.chunk_frames is not None or args.left_frames is not None
+    if geometry_given and not args.stream:
+        parser.error("--chunk-frames/--left-frames need --stream")
+    if geometry_given and is_export_dir(args.model):
+        parser.error("--chunk-frames/--left-frames: an export's streaming package has a fixed "
+                     "chunk geometry (frontend.json's streaming section)")
+    if args.stream and args.windowed:
+        parser.error("--windowed and --stream exclude each other")
+    return args
 
 
 def export_window(frames_per_second: float) -> WindowSpec:
@@ -55,24 +101,77 @@ def export_window(frames_per_second: float) -> WindowSpec:
     )
 
 
+def offline_transcriber(args: argparse.Namespace, tokenizer_dir: Path) -> Transcriber:
+    if is_export_dir(args.model):
+        return export_transcriber(args.model, args.runtime, args.mode)
+    loaded = load_checkpoint(args.model, tokenizer_dir)
+    frames_per_second = loaded.features.settings.frames_per_second
+    window = export_window(frames_per_second) if args.windowed else None
+    return checkpoint_transcriber(loaded, window)
+
+
+def stream_recognizer(args: argparse.Namespace, tokenizer_dir: Path) -> StreamingRecognizer:
+    if is_export_dir(args.model):
+        return export_recognizer(args.model, args.runtime, args.mode)
+    loaded = load_checkpoint(args.model, tokenizer_dir)
+    try:
+        context = configured_context(loaded.config["model"], args.chunk_frames, args.left_frames)
+    except ValueError as error:
+        raise UserInputError(f"--chunk-frames/--left-frames: {error}") from error
+    return checkpoint_recognizer(loaded, context)
+
+
+def stream_file(
+    recognizer: StreamingRecognizer, path: str, realtime: bool
+) -> Iterator[tuple[float, str]]:
+    """(audio seconds, transcript so far) each time a chunk of `path` has been recognised,
+    then (its duration, its final transcript)."""
+    waveform = read_audio(path, recognizer.sample_rate)
+    rate = recognizer.sample_rate
+    piece = round(PIECE_SECONDS * rate)
+    started = time.monotonic()
+    for start in range(0, len(waveform), piece):
+        samples = waveform[start : start + piece]
+        if realtime:  # a microphone delivers a piece once it has been spoken
+            time.sleep(max(0.0, started + (start + len(samples)) / rate - time.monotonic()))
+        text = recognizer.accept(samples)
+        if text is not None:
+            yield recognizer.audio_seconds, text
+    seconds = recognizer.audio_seconds
+    yield seconds, recognizer.finish()
+
+
+def transcribe_all(files: list[str], lines_of: Callable[[str], Iterable[str]]) -> int:
+    """Print each file's lines as they come; name the unreadable ones on stderr. Returns how
+    many files failed."""
+    failed = 0
+    for path in files:
+        try:
+            for line in lines_of(path):
+                print(line, flush=True)
+        except BadAudioError as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed += 1
+    return failed
+
+
+@exit_on_user_input_error
 def main() -> int:
     args = parse_args()
     with tempfile.TemporaryDirectory() as tokenizer_dir:
-        if is_export_dir(args.model):
-            transcribe = export_transcriber(args.model, args.runtime, args.mode)
+        if args.stream:
+            recognizer = stream_recognizer(args, Path(tokenizer_dir))
+            description = recognizer.description
+            lines_of = lambda path: (
+                f"{path}\t{seconds:.2f}\t{text}"
+                for seconds, text in stream_file(recognizer, path, args.realtime)
+            )
         else:
-            loaded = load_checkpoint(args.model, Path(tokenizer_dir))
-            frames_per_second = loaded.features.sample_rate / loaded.features.hop_length
-            window = export_window(frames_per_second) if args.windowed else None
-            transcribe = checkpoint_transcriber(loaded, window)
-        print(f"# {transcribe.description}", file=sys.stderr)
-        failed = 0
-        for path in args.files:
-            try:
-                print(f"{path}\t{transcribe(path)}", flush=True)
-            except BadAudioError as error:
-                print(f"error: {error}", file=sys.stderr)
-                failed += 1
+            transcribe = offline_transcriber(args, Path(tokenizer_dir))
+            description = transcribe.description
+            lines_of = lambda path: [f"{path}\t{transcribe(path)}"]
+        print(f"# {description}", file=sys.stderr)
+        failed = transcribe_all(args.files, lines_of)
     return 1 if failed else 0
 
 

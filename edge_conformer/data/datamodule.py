@@ -11,8 +11,10 @@ import torch
 from lhotse import CutSet
 from lhotse.dataset import DynamicBucketingSampler, IterableDatasetWrapper
 
+from edge_conformer.config import ConfigError
 from edge_conformer.data.dataset import AsrDataset
-from edge_conformer.data.features import LogMelFeatures, SpecAugment
+from edge_conformer.data.feature_stats import training_feature_stats
+from edge_conformer.data.features import FeatureSettings, LogMelFeatures, SpecAugment
 from edge_conformer.data.manifests import cut_text, load_cuts
 from edge_conformer.data.storage import (
     precompute_features,
@@ -67,7 +69,7 @@ class ResumableSampler(torch.utils.data.Sampler):
             yield batch
         if not yielded and not skip:
             # Lightning would start epoch after empty epoch and never reach max_steps.
-            raise ValueError(
+            raise ConfigError(
                 f"{self.source}: an epoch yields no training batch (every duration bucket holds"
                 " less than one data.max_duration batch and drop_last discards it): lower"
                 " data.max_duration or data.num_buckets, or add training data"
@@ -111,7 +113,9 @@ class SpeechDataModule(L.LightningDataModule):
         self.dev_split = dev_split
         self.test_splits = list(test_splits)
         self.tokenizer_cfg = dict(tokenizer)
-        self.features = LogMelFeatures(**features)
+        self.feature_settings = FeatureSettings(**features)
+        # Built by prepare_data: global normalisation needs the training split's statistics.
+        self.features: LogMelFeatures | None = None
         self.spec_augment = SpecAugment(**spec_augment) if spec_augment else None
         self.max_duration = max_duration
         self.num_buckets = num_buckets
@@ -119,7 +123,6 @@ class SpeechDataModule(L.LightningDataModule):
         self.seed = seed
         self.precompute_features = precompute_features
         self.feature_writer = feature_writer
-        self.feature_settings = dict(features)
         self.shar_dir = Path(shar_dir) if shar_dir else None
         self.shar_shard_size = shar_shard_size
         self.manifests: dict[str, Path] = {}
@@ -133,7 +136,8 @@ class SpeechDataModule(L.LightningDataModule):
         return self.data_dir / f"tokenizer_{cfg['model_type']}{cfg['vocab_size']}.model"
 
     def prepare_data(self) -> None:
-        """Prepare manifests (idempotent) and train the tokenizer on the training texts."""
+        """Prepare manifests (idempotent), train the tokenizer on the training texts and build
+        the front end (measuring the training split's feature statistics if it needs them)."""
         self.manifests = self.prepare(out_dir=self.data_dir)
         train_manifest = self.manifests[self.train_split]
         # A tokenizer older than the training manifest was trained on other texts: retrain.
@@ -145,10 +149,14 @@ class SpeechDataModule(L.LightningDataModule):
             self.tokenizer = train_tokenizer(texts, self.tokenizer_path, **self.tokenizer_cfg)
             log.info("trained a %d-piece tokenizer: %s", self.tokenizer.vocab_size,
                      self.tokenizer_path)
+        stats = None
+        if self.feature_settings.normalize == "global":
+            stats = training_feature_stats(train_manifest, self.feature_settings, self.data_dir)
+        self.features = LogMelFeatures(self.feature_settings, stats)
         if self.precompute_features:
             storage = self.data_dir / "features"
             self.manifests = {
-                name: precompute_features(Path(path), self.feature_settings, storage,
+                name: precompute_features(Path(path), self.features, storage,
                                           self.feature_writer)
                 for name, path in self.manifests.items()
                 if name in (self.train_split, self.dev_split, *self.test_splits)
@@ -195,7 +203,7 @@ class SpeechDataModule(L.LightningDataModule):
         """Sampling runs inside each worker on its own shards (lhotse's Shar recipe)."""
         readers = (self.trainer.world_size if self.trainer else 1) * max(1, self.num_workers)
         if shar_shard_count(self.shar_dir) < readers:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.shar_dir}: {shar_shard_count(self.shar_dir)} shards for {readers} readers"
                 " (ranks x workers): lower data.shar_shard_size and rewrite the shards"
             )

@@ -1,65 +1,182 @@
 """80-bin log-mel features (NeMo's front end) and SpecAugment, computed in the data loader.
 
 The same `LogMelFeatures` runs on the host at inference time (tools/transcribe.py, export
-parity), so training and deployment see identical features.
+parity), so training and deployment see identical features; runtime/frontend.py computes the
+same frames from audio that arrives in pieces. `FeatureSettings` is the one description of the
+front end: the config's `data.features`, stored features, checkpoints and frontend.json all
+hold its fields.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
 import torch
+import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
 LOG_GUARD = 2.0**-24  # NeMo's log zero guard: keeps log() finite on digital silence
+STD_GUARD = 1e-5  # added to standard deviations before dividing (NeMo): flat bins stay finite
+# data.features.normalize: "utterance" = each mel bin by the utterance's own mean and std
+# (NeMo "per_feature"; needs the whole utterance, so it cannot stream); "global" = by the
+# training split's per-bin mean and std; "none" = raw log-mels.
+NORMALIZATIONS = ("utterance", "global", "none")
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """The front end's settings (`data.features` in the config; `FeatureSettings(**dict)`)."""
+
+    sample_rate: int = 16000
+    n_mels: int = 80
+    n_fft: int = 512
+    win_length_ms: float = 25.0
+    hop_length_ms: float = 10.0
+    preemphasis: float = 0.97
+    dither: float = 1e-5
+    normalize: str = "utterance"
+
+    def __post_init__(self) -> None:
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(
+                f"data.features.normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}"
+            )
+
+    @property
+    def hop_length(self) -> int:
+        """Samples between frames: the integer the STFT uses."""
+        return int(self.sample_rate * self.hop_length_ms / 1000)
+
+    @property
+    def win_length(self) -> int:
+        return int(self.sample_rate * self.win_length_ms / 1000)
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames of a waveform of `num_samples`: the centred STFT pads n_fft // 2 each side."""
+        return 1 + (num_samples + 2 * (self.n_fft // 2) - self.n_fft) // self.hop_length
+
+    def tag(self, *context: object) -> str:
+        """A short hash of these settings and `context`: names what is derived from them."""
+        key = json.dumps([asdict(self), *context], sort_keys=True)
+        return hashlib.sha1(key.encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Per-mel-bin mean and standard deviation of the training split's log-mels (no dither):
+    what `normalize="global"` divides by. Saved as `asdict` in checkpoints and frontend.json."""
+
+    mean: list[float]
+    std: list[float]
+
+
+def preemphasize(waveform: torch.Tensor, coefficient: float, previous: float = 0.0) -> torch.Tensor:
+    """y[n] = x[n] - coefficient * x[n-1], with x[-1] = `previous` (0 at the start of a signal,
+    so y[0] = x[0]; the last sample of the previous piece when a stream arrives in pieces)."""
+    delayed = F.pad(waveform[:-1], (1, 0), value=previous)
+    return waveform - coefficient * delayed
 
 
 class LogMelFeatures(nn.Module):
-    """Waveform (n,) -> per-feature normalised log-mel (frames, n_mels)."""
+    """Waveform (n,) -> normalised log-mel (frames, n_mels), as `settings.normalize` says.
+
+    Global normalisation holds the training split's statistics as buffers (`mean`, `std`);
+    without them it refuses to exist rather than compute features the model never saw.
+    """
 
     def __init__(
-        self,
-        sample_rate: int = 16000,
-        n_mels: int = 80,
-        n_fft: int = 512,
-        win_length_ms: float = 25.0,
-        hop_length_ms: float = 10.0,
-        preemphasis: float = 0.97,
-        dither: float = 1e-5,
+        self, settings: FeatureSettings | None = None, stats: FeatureStats | None = None
     ) -> None:
         super().__init__()
-        self.sample_rate = sample_rate
-        self.n_mels = n_mels
-        self.preemphasis = preemphasis
-        self.dither = dither
-        self.hop_length = int(sample_rate * hop_length_ms / 1000)
+        self.settings = settings = settings or FeatureSettings()
         self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate,
-            n_fft=n_fft,
-            win_length=int(sample_rate * win_length_ms / 1000),
-            hop_length=self.hop_length,
-            n_mels=n_mels,
+            sample_rate=settings.sample_rate,
+            n_fft=settings.n_fft,
+            win_length=settings.win_length,
+            hop_length=settings.hop_length,
+            n_mels=settings.n_mels,
             window_fn=torch.hann_window,
             power=2.0,
         )
+        if settings.normalize == "global":
+            stats = _checked_stats(stats, settings.n_mels)
+            self.register_buffer("mean", torch.tensor(stats.mean, dtype=torch.float32))
+            self.register_buffer("std", torch.tensor(stats.std, dtype=torch.float32))
 
-    def num_frames(self, num_samples: int) -> int:
-        return num_samples // self.hop_length + 1
+    @classmethod
+    def from_saved(cls, settings: Mapping, stats: Mapping | None = None) -> LogMelFeatures:
+        """The front end a checkpoint or frontend.json describes, as the plain dicts they hold
+        (settings saved before a field existed take its default)."""
+        return cls(FeatureSettings(**settings), FeatureStats(**stats) if stats else None)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.settings.sample_rate
+
+    @property
+    def n_mels(self) -> int:
+        return self.settings.n_mels
+
+    @property
+    def stats(self) -> FeatureStats | None:
+        """The global statistics this front end normalises by (None unless normalize=global)."""
+        if self.settings.normalize != "global":
+            return None
+        return FeatureStats(self.mean.tolist(), self.std.tolist())
 
     @torch.no_grad()
     def forward(
         self, waveform: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        if self.dither > 0 and generator is not None:
-            waveform = waveform + self.dither * torch.randn(
+        """Dither is drawn only with a `generator` (training); inference passes none."""
+        if self.settings.dither > 0 and generator is not None:
+            waveform = waveform + self.settings.dither * torch.randn(
                 waveform.shape, generator=generator, dtype=waveform.dtype
             )
-        if self.preemphasis:
-            waveform = torch.cat([waveform[:1], waveform[1:] - self.preemphasis * waveform[:-1]])
-        log_mel = torch.log(self.mel(waveform) + LOG_GUARD).T  # (frames, n_mels)
+        return self.normalize(self.log_mel(waveform))
+
+    def log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Un-normalised log-mel (frames, n_mels) of a waveform, without dither."""
+        waveform = preemphasize(waveform, self.settings.preemphasis)
+        return self.log_mel_of_power(self.mel.spectrogram(waveform))
+
+    def log_mel_of_power(self, power: torch.Tensor) -> torch.Tensor:
+        """Power spectrogram (n_fft // 2 + 1, frames) -> log-mel (frames, n_mels)."""
+        return torch.log(self.mel.mel_scale(power) + LOG_GUARD).T
+
+    def normalize(self, log_mel: torch.Tensor) -> torch.Tensor:
+        mode = self.settings.normalize
+        if mode == "global":
+            return (log_mel - self.mean) / (self.std + STD_GUARD)
+        if mode == "none":
+            return log_mel
         # Per-feature normalisation over the utterance (NeMo "per_feature").
         mean = log_mel.mean(dim=0, keepdim=True)
         std = log_mel.std(dim=0, keepdim=True) if log_mel.shape[0] > 1 else torch.ones_like(mean)
-        return (log_mel - mean) / (std + 1e-5)
+        return (log_mel - mean) / (std + STD_GUARD)
+
+
+def _checked_stats(stats: FeatureStats | None, n_mels: int) -> FeatureStats:
+    if stats is None:
+        raise ValueError(
+            "data.features.normalize=global needs the training split's per-mel-bin statistics "
+            "(computed by the DataModule's prepare_data, carried in checkpoints and "
+            "frontend.json), and none were given"
+        )
+    if not len(stats.mean) == len(stats.std) == n_mels:
+        raise ValueError(
+            f"data.features.normalize=global: statistics for {len(stats.mean)} means and "
+            f"{len(stats.std)} deviations do not fit data.features.n_mels={n_mels}"
+        )
+    return stats
 
 
 class SpecAugment(nn.Module):

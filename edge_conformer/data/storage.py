@@ -3,8 +3,9 @@
 - Precomputed features (`data.precompute_features=true`): our log-mel front end run once
   through lhotse's feature extraction into a storage directory, for when data-loader CPUs
   cannot keep up with the GPUs. The stored features are what `LogMelFeatures` computes,
-  without dither (a per-epoch random draw) and without the centred STFT's final frame
-  (lhotse stores duration / frame shift frames). SpecAugment still runs in the loader.
+  normalised as `data.features.normalize` says (by the training split's statistics for
+  "global"), without dither (a per-epoch random draw) and without the centred STFT's final
+  frame (lhotse stores duration / frame shift frames). SpecAugment still runs in the loader.
 - lhotse Shar (`data.shar_dir=DIR`): the training cuts with their audio (or precomputed
   features) packed into tar shards, read sequentially: what cluster and cloud storage want
   instead of millions of small files. Each rank and data-loader worker reads its own shards.
@@ -12,10 +13,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +24,11 @@ from lhotse.features.io import get_writer
 from lhotse.utils import compute_num_frames
 
 from edge_conformer.data.audio import resample, to_mono
-from edge_conformer.data.features import LogMelFeatures
+from edge_conformer.data.corpora.prepared import write_cuts_atomically
+from edge_conformer.data.features import FeatureSettings, FeatureStats, LogMelFeatures
 from edge_conformer.data.manifests import load_cuts
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LogMelConfig:
-    sample_rate: int = 16000
-    n_mels: int = 80
-    n_fft: int = 512
-    win_length_ms: float = 25.0
-    hop_length_ms: float = 10.0
 
 
 @register_extractor
@@ -45,15 +36,17 @@ class LogMelExtractor(FeatureExtractor):
     """lhotse's face of `LogMelFeatures`: same front end, any input rate or channel count."""
 
     name = "edge-conformer-log-mel"
-    config_type = LogMelConfig
+    config_type = FeatureSettings
 
-    def __init__(self, config: LogMelConfig | None = None) -> None:
+    def __init__(
+        self, config: FeatureSettings | None = None, stats: FeatureStats | None = None
+    ) -> None:
         super().__init__(config)
-        self.module = LogMelFeatures(**asdict(self.config))
+        self.module = LogMelFeatures(self.config, stats)
 
     @property
     def frame_shift(self) -> float:
-        return self.config.hop_length_ms / 1000
+        return 1 / self.config.frames_per_second
 
     def feature_dim(self, sampling_rate: int) -> int:
         return self.config.n_mels
@@ -68,24 +61,24 @@ class LogMelExtractor(FeatureExtractor):
 
 
 def precompute_features(
-    cuts_path: Path, features: dict, storage_dir: Path, writer: str = "numpy_files",
+    cuts_path: Path, features: LogMelFeatures, storage_dir: Path, writer: str = "numpy_files",
     num_jobs: int = 1,
 ) -> Path:
-    """A manifest of `cuts_path`'s cuts with stored features; reused while newer than it.
-    Its name carries a hash of the feature settings: changed settings compute anew."""
-    tag = hashlib.sha1(json.dumps(features, sort_keys=True).encode()).hexdigest()[:8]
+    """A manifest of `cuts_path`'s cuts with stored `features`; reused while newer than it.
+    Its name carries a hash of the feature settings and global statistics: changed ones
+    compute anew."""
+    stats = features.stats
+    tag = features.settings.tag(asdict(stats) if stats else None)
     target = cuts_path.with_name(cuts_path.name.replace(".jsonl", f"_feats-{tag}.jsonl"))
     if target.is_file() and target.stat().st_mtime >= cuts_path.stat().st_mtime:
         return target
-    extractor = LogMelExtractor(LogMelConfig(**features))
+    extractor = LogMelExtractor(features.settings, stats)
     log.info("computing features of %s into %s", cuts_path.name, storage_dir)
     cuts = load_cuts(cuts_path).compute_and_store_features(
         extractor, storage_dir / f"{cuts_path.name.split('.')[0]}-{tag}", num_jobs=num_jobs,
         storage_type=get_writer(writer), progress_bar=False,
     )
-    tmp = target.with_name(f".tmp.{target.name}")
-    cuts.to_file(tmp)
-    tmp.replace(target)
+    write_cuts_atomically(cuts, target)
     return target
 
 

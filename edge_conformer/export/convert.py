@@ -1,4 +1,5 @@
-"""Core ML conversion of the Neural Engine graph, and a histogram of the saved MIL program.
+"""Core ML conversion of the Neural Engine graphs (one window, one streaming chunk), and a
+histogram of the saved MIL program.
 
 coremltools is imported lazily: it is an optional dependency (the `export` extra), and the
 ANE graph itself must stay importable and testable without it.
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edge_conformer.export.stream_graph import AneStreamingConformerCTC
 from edge_conformer.mil.package import import_coremltools, load_program
 
 PACKAGE_SUFFIX = ".mlpackage"
@@ -34,6 +36,40 @@ def convert_to_coreml(
     window_frames), the output is "logits"; shapes are fixed to one window because flexible
     shapes can push a model off the Neural Engine.
     """
+    inputs = {
+        "features": (1, n_mels, 1, window_frames),
+        "feature_mask": (1, 1, 1, window_frames),
+    }
+    return convert_graph(ane_model, inputs, ("logits",), out_path, precision)
+
+
+def convert_stream_to_coreml(
+    stream_model: AneStreamingConformerCTC, out_path: Path, precision: str = "fp16"
+) -> Path:
+    """Export a streaming chunk graph (see `build_stream_model`) as a Core ML ML Program with
+    the fixed-shape inputs and outputs of its `StreamShapes` (runtime/stream_package.py).
+
+    Caches are plain inputs and outputs, not Core ML states (iOS 18): states are reported
+    failing on the Neural Engine, so the package targets iOS 16 like the offline one.
+    """
+    shapes = stream_model.shapes
+    return convert_graph(
+        stream_model, shapes.inputs(), tuple(shapes.outputs()), out_path, precision
+    )
+
+
+def convert_graph(
+    graph: nn.Module,
+    inputs: dict[str, tuple[int, ...]],
+    outputs: tuple[str, ...],
+    out_path: Path,
+    precision: str = "fp16",
+) -> Path:
+    """Convert `graph` (called with one tensor per entry of `inputs`, in order, returning
+    `outputs` in order) at those fixed shapes and save it to `out_path` (".mlpackage").
+
+    `precision`: "fp16" (compute units CPU_AND_NE) or "fp32" (CPU only, a reference build).
+    """
     ct = import_coremltools()
     settings = {
         "fp16": (ct.precision.FLOAT16, ct.ComputeUnit.CPU_AND_NE),
@@ -46,21 +82,17 @@ def convert_to_coreml(
         raise ValueError(f"out_path must end in {PACKAGE_SUFFIX}, got {out_path}")
     compute_precision, compute_units = settings[precision]
 
-    features_shape = (1, n_mels, 1, window_frames)
-    mask_shape = (1, 1, 1, window_frames)
-    example = (torch.randn(features_shape), torch.ones(mask_shape))
+    # The values are irrelevant (the graph has no data-dependent control flow): only shapes.
+    example = tuple(torch.ones(shape) for shape in inputs.values())
     # torch.export, not torch.jit.trace: trace is deprecated in torch 2.14, and coremltools 9
     # fails on the size arithmetic it records. Decomposing to core ATen keeps einsum intact.
-    exported = torch.export.export(ane_model.eval(), example).run_decompositions({})
+    exported = torch.export.export(graph.eval(), example).run_decompositions({})
 
     mlmodel = ct.convert(
         exported,
         convert_to="mlprogram",
-        inputs=[
-            ct.TensorType("features", shape=features_shape),
-            ct.TensorType("feature_mask", shape=mask_shape),
-        ],
-        outputs=[ct.TensorType("logits")],
+        inputs=[ct.TensorType(name, shape=shape) for name, shape in inputs.items()],
+        outputs=[ct.TensorType(name) for name in outputs],
         compute_precision=compute_precision,
         compute_units=compute_units,
         minimum_deployment_target=ct.target.iOS16,

@@ -14,9 +14,11 @@ valid count at T/2, ceil(L/2), is not a function of the count at S, ceil(L/4), b
 masks are strided slices of the feature mask: a stride-2 (kernel 3, padding 1) conv's output
 t is valid iff 2t < L, i.e. iff input frame 2t is.
 
-The only layout ops outside the blocks are two reshapes in the subsampling and one that turns
-the frame mask into the key-padding bias every block shares; inside, each block transposes
-its keys once (see `AneSelfAttention`). The layer rewrites live in `edge_conformer.export.layers`.
+Outside the blocks the only layout ops are the two strided slices of the mask, two reshapes in
+the subsampling and one reshape that turns the frame mask into the key-padding bias every block
+shares: the converted program has 3 reshapes at any depth. Inside, each block transposes its
+keys once and splits and concatenates heads along channels (see `AneSelfAttention`). The layer
+rewrites live in `edge_conformer.export.layers`.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ numerical failure in FP16:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -39,6 +41,7 @@ from edge_conformer.numerics.formats import FP16
 CHANNELS = 1  # the channel axis of (B, C, 1, S) tensors
 KEYS = 1  # the key axis of attention scores laid out (B, S_keys, 1, S_queries)
 KEY_CHANNELS = 3  # the channel axis of keys transposed to (B, S, 1, C) for the einsum
+Branch = Callable[[torch.Tensor], torch.Tensor]  # a block branch: normalised input -> output
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,8 +96,12 @@ def swap_spatial_axes(conv: nn.Conv2d) -> nn.Conv2d:
     return swapped
 
 
-def depthwise_with_batch_norm(depthwise: nn.Conv1d, batch_norm: nn.BatchNorm1d) -> nn.Conv2d:
-    """Depthwise Conv1d followed by eval-mode BatchNorm, as one (1, k) depthwise Conv2d.
+def depthwise_with_batch_norm(
+    depthwise: nn.Conv1d, batch_norm: nn.BatchNorm1d, padding: int
+) -> nn.Conv2d:
+    """Depthwise Conv1d followed by eval-mode BatchNorm, as one (1, k) depthwise Conv2d that
+    zero pads `padding` frames on either side (the caller decides: the training module's
+    `depthwise.padding` is symmetric whatever its conv_context).
 
     BatchNorm at inference is the per-channel affine map x * g + h with g = gamma / sqrt(var +
     eps) and h = beta - mean * g; it commutes into the conv's per-channel weight and bias, so
@@ -104,8 +111,7 @@ def depthwise_with_batch_norm(depthwise: nn.Conv1d, batch_norm: nn.BatchNorm1d) 
     gain = batch_norm.weight / torch.sqrt(batch_norm.running_var + batch_norm.eps)
     shift = batch_norm.bias - batch_norm.running_mean * gain
     conv = nn.Conv2d(
-        channels, channels, kernel_size=(1, kernel), padding=(0, depthwise.padding[0]),
-        groups=channels,
+        channels, channels, kernel_size=(1, kernel), padding=(0, padding), groups=channels
     )
     with torch.no_grad():
         conv.weight.copy_(depthwise.weight[:, :, None, :] * gain[:, None, None, None])
@@ -195,13 +201,17 @@ class RotaryPositions(nn.Module):
     `head_axis` is the axis holding the head's channels: 1 for queries (B, head_dim, 1, S),
     3 for the transposed keys (B, S, 1, head_dim). The tables are laid out to match, so the
     rotation is a split, a concat and two multiplies along that axis (see model/rotary.py).
+    The tables hold positions first_frame..num_frames-1 (a streaming chunk's queries sit at
+    the end of their window).
     """
 
-    def __init__(self, num_frames: int, head_dim: int, head_axis: int) -> None:
+    def __init__(
+        self, num_frames: int, head_dim: int, head_axis: int, first_frame: int = 0
+    ) -> None:
         super().__init__()
         self.head_axis = head_axis
         self.half = head_dim // 2
-        cos, sin = rotary_tables(num_frames, head_dim)  # (S, head_dim) each
+        cos, sin = (table[first_frame:] for table in rotary_tables(num_frames, head_dim))
         # rotate_half(x) * sin == cat([-x2, x1]) * sin == cat([x2, x1]) * signed_sin where
         # signed_sin negates the first half: the sign rides on the constant, not on the data.
         signed_sin = torch.cat([-sin[:, : self.half], sin[:, self.half :]], dim=1)
@@ -245,9 +255,17 @@ class AneSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
         """x: (B, C, 1, S); key_bias: (1, S, 1, 1), 0 for valid keys and -1e4 for padding."""
-        queries = self.q_proj(x).split(self.head_dim, dim=CHANNELS)
-        keys = self.k_proj(x).transpose(CHANNELS, KEY_CHANNELS).split(self.head_dim, KEY_CHANNELS)
-        values = self.v_proj(x).split(self.head_dim, dim=CHANNELS)
+        return self.attend(self.q_proj(x), self.k_proj(x), self.v_proj(x), key_bias)
+
+    def attend(
+        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+        key_bias: torch.Tensor,
+    ) -> torch.Tensor:
+        """Projected queries (B, C, 1, S_q), keys and values (B, C, 1, S_k) -> the attention's
+        output (B, C, 1, S_q); key_bias (1, S_k, 1, 1)."""
+        queries = queries.split(self.head_dim, dim=CHANNELS)
+        keys = keys.transpose(CHANNELS, KEY_CHANNELS).split(self.head_dim, KEY_CHANNELS)
+        values = values.split(self.head_dim, dim=CHANNELS)
         contexts = []
         for q, k, v in zip(queries, keys, values, strict=True):
             scores = torch.einsum("bchq,bkhc->bkhq", self.query_rotary(q), self.key_rotary(k))
@@ -261,22 +279,40 @@ class AneConvolutionModule(nn.Module):
 
     GLU is written as split + sigmoid + mul, which is what it lowers to anyway, so the graph
     reads the same before and after conversion.
+
+    The depthwise conv's zeros follow `model.conv_context` over one window: symmetric, and
+    chunk (the window is one chunk, so chunk equals symmetric), pad k//2 on both sides inside
+    the conv op itself; causal pads k-1 zeros on the left only, one pad op before a conv that
+    pads nothing.
     """
 
     def __init__(self, conv: ConvolutionModule) -> None:
         super().__init__()
+        kernel = conv.depthwise.kernel_size[0]
+        self.causal_zeros = conv.cache_frames if conv.context == "causal" else 0
         self.pointwise1 = conv1d_to_conv(conv.pointwise1)
-        self.depthwise = depthwise_with_batch_norm(conv.depthwise, conv.batch_norm)
+        self.depthwise = depthwise_with_batch_norm(
+            conv.depthwise, conv.batch_norm, padding=0 if self.causal_zeros else kernel // 2
+        )
         self.pointwise2 = conv1d_to_conv(conv.pointwise2)
 
     def forward(self, x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         """x: (B, C, 1, S); frame_mask: (1, 1, 1, S), 1 for valid frames and 0 for padding."""
+        x = self.depthwise_inputs(x, frame_mask)
+        if self.causal_zeros:
+            x = nn.functional.pad(x, (self.causal_zeros, 0))
+        return self.outputs(self.depthwise(x))
+
+    def depthwise_inputs(self, x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """Pointwise and GLU, padded frames zeroed: what the depthwise conv reads."""
         content, gate = self.pointwise1(x).chunk(2, dim=CHANNELS)
         # Zero padded frames right before the depthwise conv, as the training graph does: its
         # kernel then sees at a padded tail what it sees at the end of an unpadded utterance.
-        x = content * torch.sigmoid(gate) * frame_mask
-        x = nn.functional.silu(self.depthwise(x))
-        return self.pointwise2(x)
+        return content * torch.sigmoid(gate) * frame_mask
+
+    def outputs(self, depthwise_outputs: torch.Tensor) -> torch.Tensor:
+        """Swish and the last pointwise conv after the depthwise conv (BatchNorm folded in)."""
+        return self.pointwise2(nn.functional.silu(depthwise_outputs))
 
 
 class AneConformerBlock(nn.Module):
@@ -299,9 +335,20 @@ class AneConformerBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, frame_mask: torch.Tensor, key_bias: torch.Tensor
     ) -> torch.Tensor:
+        return self.residual_branches(
+            x,
+            attend=lambda h: self.attn(h, key_bias),
+            convolve=lambda h: self.conv(h, frame_mask),
+        )
+
+    def residual_branches(
+        self, x: torch.Tensor, attend: Branch, convolve: Branch
+    ) -> torch.Tensor:
+        """The block around its attention and convolution branches (which a streaming block
+        calls with its caches)."""
         x = x + self.ff1(self.norm_ff1(x))
-        x = x + self.attn(self.norm_attn(x), key_bias)
-        x = x + self.conv(self.norm_conv(x), frame_mask)
+        x = x + attend(self.norm_attn(x))
+        x = x + convolve(self.norm_conv(x))
         x = x + self.ff2(self.norm_ff2(x))
         return self.norm_out(x)
 
@@ -333,10 +380,17 @@ class AneSubsampling(nn.Module):
 
     def forward(self, features: torch.Tensor, half_rate_mask: torch.Tensor) -> torch.Tensor:
         """features: (B, F, 1, T); half_rate_mask: (1, 1, 1, T/2), 1 where conv1 output is valid."""
+        return self.encoder_frames(self.half_rate(features, half_rate_mask))
+
+    def half_rate(self, features: torch.Tensor, half_rate_mask: torch.Tensor) -> torch.Tensor:
+        """features (B, F, 1, T) -> the first conv's output (B, C, F/2, T/2), padding zeroed."""
         batch, num_mels, _, num_frames = features.shape
         x = features.reshape(batch, 1, num_mels, num_frames)
         # Zero conv1's output over padding, as training does, so conv2's window at the end of
         # the valid frames reads zeros there rather than relu(bias).
-        x = torch.relu(self.conv1(x)) * half_rate_mask  # (B, C, F/2, T/2)
-        x = torch.relu(self.conv2(x))  # (B, C, F/4, S)
-        return self.out(x.reshape(batch, -1, 1, x.shape[-1]))  # (B, C * F/4, 1, S)
+        return torch.relu(self.conv1(x)) * half_rate_mask
+
+    def encoder_frames(self, half_rate: torch.Tensor) -> torch.Tensor:
+        """The first conv's output (B, C, F/2, T') -> frames (B, d_model, 1, S)."""
+        x = torch.relu(self.conv2(half_rate))  # (B, C, F/4, S)
+        return self.out(x.reshape(x.shape[0], -1, 1, x.shape[-1]))  # (B, C * F/4, 1, S)

@@ -1,23 +1,26 @@
 """The WER parity gate: does the FP16 package recognise what the FP32 model recognises?
 
-Every utterance of a test set is decoded (greedy CTC) four ways:
+Every utterance of a test set is decoded (greedy CTC) four ways (`Recognizers`):
 
-- `fp32`: the training graph on the whole utterance (what training reported);
-- `fp32_windowed`: the training graph window by window, stitched (see windowing.py);
-- `fp16`: the saved package, run by the FP16 executor, windowed and stitched the same way;
+- `fp32`: the training graph on the whole utterance, full context (what training reported);
+- `fp32_reference`: the training graph run the way the package runs: window by window,
+  stitched (windowing.py), or chunk by chunk from zero caches (model/streaming.py);
+- `fp16`: the saved package, run by the FP16 executor the same way;
 - `coreml` (macOS only): the package in the real Core ML runtime.
 
-FP16 is judged against `fp32_windowed`, which differs from it only in arithmetic; the cost of
-windowing itself is `fp32_windowed` against `fp32`, reported but not gated.
+FP16 is judged against `fp32_reference`, which differs from it only in arithmetic; the cost of
+windows or chunks is `fp32_reference` against `fp32`, reported but not gated. Each package of
+an export (model.mlpackage by windows, stream.mlpackage by chunks) is measured by the same
+`measure_test_set` into a section of its own, judged by the same thresholds.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-import numpy as np
 import torch
 from lhotse import CutSet
 
@@ -26,13 +29,26 @@ from edge_conformer.data.features import LogMelFeatures
 from edge_conformer.data.manifests import cut_text
 from edge_conformer.data.tokenizer import Tokenizer
 from edge_conformer.decode import decode_logits, error_rates
+from edge_conformer.numerics import FP16
+from edge_conformer.records import (
+    CoreMLParity,
+    ExportReport,
+    Mismatch,
+    ParitySection,
+    ParityThresholds,
+    SetParity,
+)
 from edge_conformer.runtime.windowing import LogitsFn
 
 MISMATCHES_KEPT = 10  # differing transcripts listed per test set in parity.json
 # A frame is a numerical tie when FP32's two best logits lie within this many FP16 ulps (of the
 # best logit): FP16 cannot order them reliably, however well the graph is protected.
 TIE_ULPS = 4
-PSNR_EPS = 1e-5  # as Apple's ml-ane-transformers: keeps the PSNR finite for equal outputs
+# The guards of ml-ane-transformers' compute_psnr (ane_transformers/testing_utils.py): 1e-5
+# added to the peak, 1e-10 to the RMS error: equal outputs give a finite PSNR (200 dB plus
+# 20 log10 of the peak), and an error far below 1e-5 is still measured, not swamped.
+PSNR_PEAK_EPS = 1e-5
+PSNR_ERROR_EPS = 1e-10
 
 
 @dataclass(frozen=True)
@@ -47,15 +63,49 @@ class Recognizers:
     """The ways every utterance is decoded (see the module docstring)."""
 
     fp32: LogitsFn
-    fp32_windowed: LogitsFn
+    fp32_reference: LogitsFn
     fp16: LogitsFn
     coreml: LogitsFn | None = None
 
 
 @dataclass(frozen=True)
-class ParityThresholds:
-    min_identical: float  # share of utterances whose FP16 transcript equals FP32-windowed's
-    max_wer_delta: float  # WER points FP16 may add over FP32-windowed
+class SectionLabels:
+    """How reports name one section's package and its ways of decoding."""
+
+    title: str
+    reference: str  # the FP32 way its FP16 transcripts are judged against
+    wer_columns: tuple[str, str, str]  # WER (%) of fp32, fp32_reference and fp16
+    note: str  # what its table compares, for parity.md
+
+
+WINDOWED = SectionLabels(
+    "Windowed package (model.mlpackage)", "FP32 windowed",
+    ("WER fp32", "WER fp32 windowed", "WER fp16"),
+    "FP16 (the package, executed) is compared with the FP32 training graph run on the same "
+    "windows; 'WER fp32' decodes whole utterances, so the cost of windowing is the difference "
+    "of the first two WERs. 'identical': share of utterances whose FP16 transcript equals the "
+    "FP32 windowed one; PSNR: FP16 logits against FP32 windowed.",
+)
+STREAMING = SectionLabels(
+    "Streaming package (stream.mlpackage)", "FP32 streaming",
+    ("WER fp32 full", "WER fp32 stream", "WER fp16 stream"),
+    "FP16 (the streaming package, executed chunk by chunk from zero caches) is compared with "
+    "the FP32 training graph's chunk loop at the same chunk and left context; 'WER fp32 full' "
+    "decodes whole utterances at full context, so the cost of streaming is the difference of "
+    "the first two WERs. 'identical' and PSNR: FP16 against FP32 streaming.",
+)
+
+
+class NonfiniteCounter(Protocol):
+    """What the FP16 executor (PackageExecutor) counts while it runs the package."""
+
+    nonfinite_by_op_type: Mapping[str, int]
+    first_nonfinite_op: str | None
+
+    @property
+    def nonfinite_count(self) -> int: ...
+
+    def reset_stats(self) -> None: ...
 
 
 def featurised_utterances(cuts: CutSet, features: LogMelFeatures) -> Iterator[EvalUtterance]:
@@ -68,9 +118,10 @@ def featurised_utterances(cuts: CutSet, features: LogMelFeatures) -> Iterator[Ev
 class PsnrMeter:
     """PSNR of test logits against reference logits, accumulated over a test set.
 
-    20 log10(max |reference| / RMS(test - reference)), Apple's definition for Neural Engine
-    conversions (ml-ane-transformers), over every valid frame and class. Undefined (None) once
-    the test logits held a non-finite value: the gate reports those separately.
+    20 log10((max |reference| + 1e-5) / (RMS(test - reference) + 1e-10)), Apple's definition
+    for Neural Engine conversions (ml-ane-transformers), over every valid frame and class.
+    Undefined (None) once the test logits held a non-finite value: the gate reports those
+    separately.
     """
 
     def __init__(self) -> None:
@@ -93,7 +144,7 @@ class PsnrMeter:
         if not self.finite or not self.count:
             return None
         rms = math.sqrt(self.squared_error / self.count)
-        return 20 * math.log10((self.peak + PSNR_EPS) / (rms + PSNR_EPS))
+        return 20 * math.log10((self.peak + PSNR_PEAK_EPS) / (rms + PSNR_ERROR_EPS))
 
 
 def flipped_margin_ulps(reference: torch.Tensor, test: torch.Tensor) -> float:
@@ -105,9 +156,8 @@ def flipped_margin_ulps(reference: torch.Tensor, test: torch.Tensor) -> float:
     flipped = reference.argmax(-1) != test.argmax(-1)
     if not flipped.any():
         return 0.0
-    top2 = reference[flipped].topk(2, dim=-1).values.numpy()
-    ulps = np.spacing(np.abs(top2[:, 0]).astype(np.float16)).astype(np.float32)
-    return float(((top2[:, 0] - top2[:, 1]) / ulps).max())
+    top2 = reference[flipped].topk(2, dim=-1).values
+    return float(((top2[:, 0] - top2[:, 1]) / FP16.ulp(top2[:, 0])).max())
 
 
 def _share_identical(hyps: list[str], reference_hyps: list[str]) -> float:
@@ -120,12 +170,15 @@ def measure_test_set(
     utterances: Iterable[EvalUtterance],
     recognizers: Recognizers,
     tokenizer: Tokenizer,
+    fp16_counter: NonfiniteCounter,
     on_utterance: Callable[[], None] = lambda: None,
-) -> dict:
-    """Decode every utterance every way; WERs (percent), identical share and logits PSNR.
+) -> SetParity:
+    """Decode every utterance every way; WERs (percent), identical share, logits PSNR, and the
+    non-finite values `fp16_counter` (the executor behind `recognizers.fp16`) saw meanwhile.
 
-    Non-finite counts come from the executor, which the caller reads around this call.
+    The record's `*_windowed` fields hold `fp32_reference`'s results, whichever way it runs.
     """
+    fp16_counter.reset_stats()
     refs: list[str] = []
     ways = ["fp32", "fp32_windowed", "fp16"] + (["coreml"] if recognizers.coreml else [])
     hyps: dict[str, list[str]] = {way: [] for way in ways}
@@ -133,12 +186,12 @@ def measure_test_set(
     mismatches = []
     tied_mismatches = 0
     for utt in utterances:
-        windowed = recognizers.fp32_windowed(utt.features)
+        reference = recognizers.fp32_reference(utt.features)
         fp16 = recognizers.fp16(utt.features)
-        psnr.add(windowed, fp16)
+        psnr.add(reference, fp16)
         transcripts = {
             "fp32": decode_logits(recognizers.fp32(utt.features), tokenizer),
-            "fp32_windowed": decode_logits(windowed, tokenizer),
+            "fp32_windowed": decode_logits(reference, tokenizer),
             "fp16": decode_logits(fp16, tokenizer),
         }
         if recognizers.coreml is not None:
@@ -147,147 +200,188 @@ def measure_test_set(
             hyps[way].append(transcript)
         refs.append(utt.text)
         if transcripts["fp16"] != transcripts["fp32_windowed"]:
-            margin_ulps = flipped_margin_ulps(windowed, fp16)
+            margin_ulps = flipped_margin_ulps(reference, fp16)
             tied_mismatches += margin_ulps <= TIE_ULPS
             if len(mismatches) < MISMATCHES_KEPT:
-                mismatches.append({"id": utt.utt_id, "reference": utt.text, **transcripts,
-                                   "fp32_margin_ulps": round(margin_ulps, 2)})
+                mismatches.append(Mismatch(id=utt.utt_id, reference=utt.text, **transcripts,
+                                           fp32_margin_ulps=round(margin_ulps, 2)))
         on_utterance()
 
     wer = {way: error_rates(refs, way_hyps)["wer"] for way, way_hyps in hyps.items()}
-    result = {
-        "utterances": len(refs),
-        "wer_fp32": wer["fp32"],
-        "wer_fp32_windowed": wer["fp32_windowed"],
-        "wer_fp16": wer["fp16"],
-        "windowing_cost": wer["fp32_windowed"] - wer["fp32"],
-        "identical": _share_identical(hyps["fp16"], hyps["fp32_windowed"]),
-        # Differing utterances whose every flipped frame was an FP32 tie (see TIE_ULPS):
-        # diagnostic only, the gate counts them as differing.
-        "tied_mismatches": tied_mismatches,
-        "logits_psnr_db": psnr.db,
-        "mismatches": mismatches,
-    }
+    coreml = None
     if recognizers.coreml:
-        result["coreml"] = {
-            "wer": wer["coreml"],
-            "identical": _share_identical(hyps["coreml"], hyps["fp32_windowed"]),
-        }
-    return result
+        coreml = CoreMLParity(
+            wer=wer["coreml"], identical=_share_identical(hyps["coreml"], hyps["fp32_windowed"])
+        )
+    return SetParity(
+        utterances=len(refs),
+        wer_fp32=wer["fp32"],
+        wer_fp32_windowed=wer["fp32_windowed"],
+        wer_fp16=wer["fp16"],
+        windowing_cost=wer["fp32_windowed"] - wer["fp32"],
+        identical=_share_identical(hyps["fp16"], hyps["fp32_windowed"]),
+        # Diagnostic only (see TIE_ULPS): the gate counts these as differing.
+        tied_mismatches=tied_mismatches,
+        logits_psnr_db=psnr.db,
+        mismatches=tuple(mismatches),
+        nonfinite=fp16_counter.nonfinite_count,
+        nonfinite_by_op_type=dict(fp16_counter.nonfinite_by_op_type),
+        first_nonfinite_op=fp16_counter.first_nonfinite_op,
+        coreml=coreml,
+    )
 
 
-def gate_failures(test_sets: dict[str, dict], thresholds: ParityThresholds) -> list[str]:
-    """Why the package must not be published; empty when every test set passes."""
+def gate_failures(
+    test_sets: Mapping[str, SetParity], thresholds: ParityThresholds,
+    reference: str = WINDOWED.reference,
+) -> list[str]:
+    """Why the package must not be published; empty when every test set passes. `reference`
+    names the FP32 way the section's FP16 transcripts are judged against."""
     reasons = []
     for name, result in test_sets.items():
-        if not result["utterances"]:
+        if not result.utterances:
             reasons.append(f"{name}: no utterances were decoded")
             continue
-        if result["nonfinite"]:
+        if result.nonfinite:
             reasons.append(
-                f"{name}: {result['nonfinite']} non-finite values in FP16 execution "
-                f"(first at op {result['first_nonfinite_op']!r})"
+                f"{name}: {result.nonfinite} non-finite values in FP16 execution "
+                f"(first at op {result.first_nonfinite_op!r})"
             )
-        if result["identical"] < thresholds.min_identical:
-            differing = round((1 - result["identical"]) * result["utterances"])
+        if result.identical < thresholds.min_identical:
+            differing = round((1 - result.identical) * result.utterances)
             reasons.append(
-                f"{name}: identical transcripts {result['identical']:.3f} "
-                f"< min_identical {thresholds.min_identical} ({result['tied_mismatches']} of "
+                f"{name}: identical transcripts {result.identical:.3f} "
+                f"< min_identical {thresholds.min_identical} ({result.tied_mismatches} of "
                 f"the {differing} differing utterances differ only at FP32 ties)"
             )
-        wer_delta = result["wer_fp16"] - result["wer_fp32_windowed"]
+        wer_delta = result.wer_fp16 - result.wer_fp32_windowed
         if wer_delta > thresholds.max_wer_delta:
             reasons.append(
-                f"{name}: FP16 WER {result['wer_fp16']:.2f}% is {wer_delta:.2f} points above "
-                f"FP32-windowed {result['wer_fp32_windowed']:.2f}% (max_wer_delta "
+                f"{name}: FP16 WER {result.wer_fp16:.2f}% is {wer_delta:.2f} points above "
+                f"{reference} {result.wer_fp32_windowed:.2f}% (max_wer_delta "
                 f"{thresholds.max_wer_delta})"
             )
     return reasons
 
 
+def judge(
+    test_sets: Mapping[str, SetParity], thresholds: ParityThresholds,
+    labels: SectionLabels = WINDOWED,
+) -> ParitySection:
+    """The gate's section of the report: the per-set results and why they fail, if they do."""
+    reasons = gate_failures(test_sets, thresholds, labels.reference)
+    return ParitySection(reasons=tuple(reasons), test_sets=dict(test_sets))
+
+
 # ---------------------------------------------------------------------------------------------
-# Reports: parity.md and the console table share their rows
+# Reports: parity.md and the console tables share their columns and rows
 
 
-TABLE_COLUMNS = (
-    "test set", "utts", "WER fp32 %", "WER fp32 windowed %", "WER fp16 %", "identical",
-    "non-finite", "PSNR dB", "Core ML",
-)
+def table_columns(labels: SectionLabels) -> tuple[str, ...]:
+    return ("test set", "utts", *labels.wer_columns, "identical", "non-finite", "PSNR dB",
+            "Core ML")
 
 
-def _coreml_cell(result: dict) -> str:
-    if "coreml" not in result:
+def _coreml_cell(result: SetParity) -> str:
+    if result.coreml is None:
         return "not run"
-    coreml = result["coreml"]
-    return f"WER {coreml['wer']:.2f}%, identical {coreml['identical']:.3f}"
+    return f"WER {result.coreml.wer:.2f}%, identical {result.coreml.identical:.3f}"
 
 
-def parity_rows(report: dict) -> list[tuple[str, ...]]:
-    """One row of TABLE_COLUMNS per test set."""
+def parity_rows(section: ParitySection) -> list[tuple[str, ...]]:
+    """One row of `table_columns` per test set."""
     rows = []
-    for name, result in report["test_sets"].items():
-        psnr = result["logits_psnr_db"]
+    for name, result in section.test_sets.items():
+        psnr = result.logits_psnr_db
         rows.append((
             name,
-            str(result["utterances"]),
-            f"{result['wer_fp32']:.2f}",
-            f"{result['wer_fp32_windowed']:.2f}",
-            f"{result['wer_fp16']:.2f}",
-            f"{result['identical']:.3f}",
-            str(result["nonfinite"]),
+            str(result.utterances),
+            f"{result.wer_fp32:.2f}",
+            f"{result.wer_fp32_windowed:.2f}",
+            f"{result.wer_fp16:.2f}",
+            f"{result.identical:.3f}",
+            str(result.nonfinite),
             "n/a (non-finite)" if psnr is None else f"{psnr:.1f}",
             _coreml_cell(result),
         ))
     return rows
 
 
-def _settings_line(report: dict) -> str:
-    window = report["window"]
+def report_sections(report: ExportReport) -> list[tuple[SectionLabels, ParitySection]]:
+    """The report's sections with their labels, windowed first."""
+    sections = [(WINDOWED, report.windowed)]
+    if report.streaming is not None:
+        sections.append((STREAMING, report.streaming))
+    return sections
+
+
+def section_title(labels: SectionLabels, section: ParitySection, report: ExportReport) -> str:
+    """E.g. "Streaming package (stream.mlpackage), chunk 16 frames (0.64 s), left 64 frames
+    (2.56 s): PASSED"."""
+    title = labels.title
+    if labels is STREAMING and report.stream_package:
+        geometry = report.stream_package
+        title += (f", chunk {geometry['chunk_frames']} frames ({geometry['chunk_seconds']:g} s), "
+                  f"left {geometry['left_frames']} frames ({geometry['left_seconds']:g} s)")
+    return f"{title}: {'PASSED' if section.passed else 'FAILED'}"
+
+
+def _settings_line(report: ExportReport) -> str:
+    window = report.window
     return (
-        f"executor `{report['executor']}`, prenormalizer `{report['prenormalizer']}`, "
-        f"softmax rescale `{report['softmax_rescale']}`, window {window['seconds']} s "
+        f"executor `{report.executor}`, prenormalizer `{report.prenormalizer}`, "
+        f"softmax rescale `{report.softmax_rescale}`, window {window['seconds']} s "
         f"({window['frames']} frames) with {window['overlap_seconds']} s overlap, package "
-        f"{report['package_bytes'] / 1e6:.2f} MB, export {report['export_seconds']:.0f} s; "
-        f"Core ML runtime: {report['coreml_runtime']}"
+        f"{report.package_bytes / 1e6:.2f} MB, export {report.export_seconds:.0f} s; "
+        f"Core ML runtime: {report.coreml_runtime}"
     )
 
 
-def parity_markdown(report: dict) -> str:
-    """parity.md: verdict, settings, the per-set table, reasons, mismatches and op counts."""
-    verdict = "PASSED" if report["passed"] else "FAILED"
-    lines = [
-        f"# Export parity: {verdict}",
+def _section_markdown(labels: SectionLabels, section: ParitySection, report: ExportReport
+                      ) -> list[str]:
+    columns = table_columns(labels)
+    return [
+        f"## {section_title(labels, section, report)}",
         "",
-        f"Checkpoint `{report['checkpoint']}`; {_settings_line(report)}.",
+        labels.note,
         "",
-        "FP16 (the package, executed) is compared with the FP32 training graph run on the same "
-        "windows; 'WER fp32' decodes whole utterances, so the cost of windowing is the "
-        "difference of the first two WERs. 'identical': share of utterances whose FP16 "
-        "transcript equals the FP32 windowed one; PSNR: FP16 logits against FP32 windowed.",
-        "",
-        "| " + " | ".join(TABLE_COLUMNS) + " |",
-        "|" + "---|" * len(TABLE_COLUMNS),
-        *("| " + " | ".join(row) + " |" for row in parity_rows(report)),
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(row) + " |" for row in parity_rows(section)),
         "",
     ]
-    if report["reasons"]:
-        lines += ["## Why it failed", "", *(f"- {reason}" for reason in report["reasons"]), ""]
-    for name, result in report["test_sets"].items():
-        if result["mismatches"]:
-            lines += [f"## Transcripts that differ in `{name}` (first {MISMATCHES_KEPT})", ""]
-            lines += [
-                f"{result['tied_mismatches']} of the differing utterances differ only at "
-                f"frames where FP32's two best logits were within {TIE_ULPS} FP16 ulps (a tie "
-                "FP16 cannot order; the gate still counts them). Per utterance: the largest "
-                "FP32 margin, in FP16 ulps, among the frames whose best token FP16 changed.",
-                "",
-            ]
-            lines += [
-                f"- `{m['id']}` ({m['fp32_margin_ulps']} ulps): FP32 windowed "
-                f"\"{m['fp32_windowed']}\" / FP16 \"{m['fp16']}\" (reference \"{m['reference']}\")"
-                for m in result["mismatches"]
-            ]
-            lines.append("")
-    lines += ["## Program ops", "", "| op | count |", "|---|---|"]
-    lines += [f"| {op} | {count} |" for op, count in report["ops"].items()]
+
+
+def _mismatches_markdown(labels: SectionLabels, name: str, result: SetParity) -> list[str]:
+    return [
+        f"## Transcripts that differ in `{name}`: {labels.title} (first {MISMATCHES_KEPT})",
+        "",
+        f"{result.tied_mismatches} of the differing utterances differ only at frames where "
+        f"FP32's two best logits were within {TIE_ULPS} FP16 ulps (a tie FP16 cannot order; "
+        "the gate still counts them). Per utterance: the largest FP32 margin, in FP16 ulps, "
+        "among the frames whose best token FP16 changed.",
+        "",
+        *(f"- `{m.id}` ({m.fp32_margin_ulps} ulps): {labels.reference} \"{m.fp32_windowed}\" "
+          f"/ FP16 \"{m.fp16}\" (reference \"{m.reference}\")" for m in result.mismatches),
+        "",
+    ]
+
+
+def parity_markdown(report: ExportReport) -> str:
+    """parity.md: verdict, settings, a table per section, reasons, mismatches and op counts."""
+    verdict = "PASSED" if report.passed else "FAILED"
+    lines = [f"# Export parity: {verdict}", "",
+             f"Checkpoint `{report.checkpoint}`; {_settings_line(report)}. WERs in percent.",
+             ""]
+    sections = report_sections(report)
+    for labels, section in sections:
+        lines += _section_markdown(labels, section, report)
+    if report.reasons:
+        lines += ["## Why it failed", "", *(f"- {reason}" for reason in report.reasons), ""]
+    for labels, section in sections:
+        for name, result in section.test_sets.items():
+            if result.mismatches:
+                lines += _mismatches_markdown(labels, name, result)
+    lines += ["## Program ops (model.mlpackage)", "", "| op | count |", "|---|---|"]
+    lines += [f"| {op} | {count} |" for op, count in report.ops.items()]
     return "\n".join(lines) + "\n"

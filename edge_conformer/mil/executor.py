@@ -3,12 +3,17 @@
 Core ML itself only predicts on macOS; this executor reads the MIL program and weights back
 from a `.mlpackage` and runs it anywhere, in one of `EXECUTOR_MODES`:
 
-- "fp32": no rounding at all. Checks the executor (and the conversion) against PyTorch.
+- "fp32": no rounding of op outputs. Checks the executor (and the conversion) against PyTorch.
 - "fp16": each op computes in float32 and its output is rounded to FP16, as are constants,
-  inputs and every float tensor: the Neural Engine stores nothing wider than FP16.
-- "fp16-strict": "fp16", and the sums inside reductions, normalisations (layer_norm, ...) and
-  softmax also accumulate in FP16, every partial sum rounded. A pessimistic accelerator: on
-  it an unprotected LayerNorm's sum of squares overflows (> 65504) for large activations.
+  inputs and every float tensor: the Neural Engine stores nothing wider than FP16. The sums
+  inside reductions, normalisations (layer_norm, ...) and softmax accumulate in order in FP32.
+- "fp16-strict": "fp16", but those sums accumulate in FP16, every partial sum rounded. A
+  pessimistic accelerator: on it an unprotected LayerNorm's sum of squares overflows
+  (> 65504) for large activations.
+
+Each mode is the numerics' `EmulatedArithmetic(storage, accumulate)` (`fp16.MODE_ARITHMETIC`,
+docs/numerics.md section 1), so the package of a stabilised norm gives bit for bit what
+`edge_conformer.numerics.emulate_layer_norm` computes.
 
 Every run counts the non-finite values that op outputs (and the hidden statistics of fused
 normalisations and softmax) contain, per op type, so callers can report `nonfinite_count`.
@@ -25,14 +30,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_conformer.mil.fp16 import Numerics, count_nonfinite, round_to_fp16
+from edge_conformer.mil.fp16 import MODE_ARITHMETIC, Numerics, count_nonfinite, round_to_fp16
 from edge_conformer.mil.kernels import KERNELS, Kernel
 from edge_conformer.mil.package import load_program
 
 if TYPE_CHECKING:
     from coremltools.converters.mil.mil import Operation, Var
 
-EXECUTOR_MODES = ("fp32", "fp16", "fp16-strict")
+EXECUTOR_MODES = tuple(MODE_ARITHMETIC)  # "fp32", "fp16", "fp16-strict"
 INPUT_OP_TYPE = "input"  # the stats key for inputs that overflow when rounded to FP16
 
 
@@ -180,17 +185,7 @@ class PackageExecutor:
             del values[name]
 
     def _as_stored(self, value: Any) -> Any:
-        """A value as the executor holds it: floats in float32, FP16-rounded unless fp32 mode.
-
-        Strings, integers, bools and None (op parameters, indices, masks) pass unchanged.
-        """
-        is_float = isinstance(value, (float, np.floating)) or (
-            isinstance(value, np.ndarray) and value.dtype.kind == "f"
-        )
-        if not is_float:
-            return value
-        array = np.asarray(value, dtype=np.float32)
-        return round_to_fp16(array) if self._rounds_to_fp16 else array
+        return stored_value(value, self._rounds_to_fp16)
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -244,6 +239,23 @@ class PackageExecutor:
             outputs=tuple(var.name for var in op.outputs),
             release=release,
         )
+
+
+def stored_value(value: Any, rounds_to_fp16: bool) -> Any:
+    """A value as the executor holds it: floats in float32, FP16-rounded if `rounds_to_fp16`.
+
+    Strings, integers, bools and None (op parameters, indices, masks) pass unchanged.
+    """
+    is_float = isinstance(value, (float, np.floating)) or (
+        isinstance(value, np.ndarray) and value.dtype.kind == "f"
+    )
+    if not is_float:
+        return value
+    array = np.asarray(value, dtype=np.float32)
+    if not rounds_to_fp16:
+        return array
+    # The reshape keeps a scalar (a reduction over every axis) 0-d: the rounding returns 1-d.
+    return round_to_fp16(array).reshape(array.shape)
 
 
 def _input_vars(op: Operation) -> Iterator[Var]:

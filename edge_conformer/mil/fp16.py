@@ -1,29 +1,58 @@
-"""Arithmetic models for the package executor: FP16 rounding and FP16-accumulated reductions.
+"""The executor's arithmetic: the numerics' format model (docs/numerics.md, section 1) on arrays.
 
 Values always live in float32 arrays; "FP16" means rounded to the nearest FP16 value (with
-overflow to +-inf), which is how the Neural Engine stores every tensor. Under strict numerics
-the sums inside reductions, normalisations and softmax are also accumulated in FP16, one term
-at a time: the pessimistic accelerator on which a LayerNorm's sum of squares overflows.
+overflow to +-inf), which is how the Neural Engine stores every tensor. Each executor mode is
+the numerics' `EmulatedArithmetic(storage, accumulate)` (see `MODE_ARITHMETIC`): every op's
+output is rounded to the storage format, and the sums inside reductions, normalisations and
+softmax accumulate in order in the accumulator format, through the same `accumulate_sum` and
+`accumulate_mean` the proofs' property tests use. Under fp16-strict the accumulator is FP16:
+the pessimistic accelerator on which a LayerNorm's sum of squares overflows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from edge_conformer.numerics.formats import (
+    FP16,
+    FP32,
+    FloatFormat,
+    accumulate_mean,
+    accumulate_sum,
+    round_to_format,
+)
 
-def to_fp16(values: np.ndarray) -> np.ndarray:
-    """The nearest FP16 values (beyond +-65504: +-inf), as a float16 array."""
-    # torch converts with the CPU's F16C instructions, ~10x faster than NumPy's casts, and
-    # these conversions run on every op output.
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).half().numpy()
+
+@dataclass(frozen=True)
+class ModeArithmetic:
+    """An executor mode as the numerics' `EmulatedArithmetic(storage, accumulate)`: op outputs
+    stored in `storage`, sums accumulated in order in `accumulate`. Inside one op (a fused
+    layer_norm's centring, softmax's exponentials) the executor computes in float32."""
+
+    storage: FloatFormat
+    accumulate: FloatFormat
+
+
+MODE_ARITHMETIC = {
+    "fp32": ModeArithmetic(storage=FP32, accumulate=FP32),
+    "fp16": ModeArithmetic(storage=FP16, accumulate=FP32),
+    "fp16-strict": ModeArithmetic(storage=FP16, accumulate=FP16),
+}
+
+
+def _as_torch(values: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
 
 
 def round_to_fp16(values: np.ndarray) -> np.ndarray:
     """The nearest FP16 values (beyond +-65504: +-inf), as a float32 array."""
-    return torch.from_numpy(to_fp16(values)).float().numpy()
+    # torch converts with the CPU's F16C instructions, ~10x faster than NumPy's casts, and
+    # these conversions run on every op output.
+    return round_to_format(_as_torch(values), FP16).numpy()
 
 
 def normalize_axes(axes: Iterable[int] | None, rank: int) -> tuple[int, ...]:
@@ -42,22 +71,13 @@ def count_nonfinite(values: np.ndarray) -> int:
     return int(values.size - np.count_nonzero(np.isfinite(values)))
 
 
-def sequential_fp16_sum(terms: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """Sum over `axes` (non-negative, kept as size 1) with every partial sum rounded to FP16.
-
-    Terms are added one at a time along the reduced axes, vectorised over all other axes, so
-    the loop runs once per reduced element (a few thousand at most).
-    """
-    kept = tuple(axis for axis in range(terms.ndim) if axis not in axes)
-    rows = np.transpose(terms, axes + kept).reshape((-1,) + tuple(terms.shape[a] for a in kept))
-    total = np.zeros(rows.shape[1:], dtype=np.float16)
-    for row in to_fp16(rows):
-        total += row  # NumPy's float16 addition rounds each FP16 + FP16 sum correctly
-    return np.expand_dims(total.astype(np.float32), axes)
-
-
 class Numerics:
-    """How kernels accumulate the sums of reductions, normalisations and softmax.
+    """How kernels accumulate the sums and means of reductions, normalisations and softmax.
+
+    `strict_fp16` picks the accumulator: FP16 (fp16-strict) or FP32 (the other modes), as in
+    `MODE_ARITHMETIC`. Sums and means come back in the accumulator's format; the executor then
+    rounds an op's output to the mode's storage format, so a reduce_sum or reduce_mean op gives
+    exactly `EmulatedArithmetic(storage, accumulate).sum` or `.mean`.
 
     Kernels of fused ops (layer_norm, softmax, ...) pass their hidden statistics through
     `watch`: an overflow there is the failure fp16-strict exists to expose, yet it can vanish
@@ -66,23 +86,31 @@ class Numerics:
     """
 
     def __init__(self, strict_fp16: bool) -> None:
-        self.strict_fp16 = strict_fp16
+        self.accumulate_fmt = MODE_ARITHMETIC["fp16-strict" if strict_fp16 else "fp16"].accumulate
         self._hidden_nonfinite = 0
 
     def sum(self, terms: np.ndarray, axes: Iterable[int] | None, keepdims: bool) -> np.ndarray:
-        axes = normalize_axes(axes, terms.ndim)
-        if self.strict_fp16 and terms.dtype.kind == "f":
-            total = sequential_fp16_sum(terms, axes)
-            return total if keepdims else np.squeeze(total, axes)
-        # MIL stores keep_dims as a NumPy bool, which NumPy's reductions reject as keepdims.
-        return np.sum(terms, axis=axes, keepdims=bool(keepdims))
+        """The in-order sum over `axes` in the accumulator format."""
+        return self._accumulate(accumulate_sum, np.sum, terms, axes, keepdims)
 
     def mean(self, terms: np.ndarray, axes: Iterable[int] | None, keepdims: bool) -> np.ndarray:
-        """Sum, then divide: under strict numerics the sum can overflow before the division."""
+        """The accumulated sum divided by the count, rounded once to the accumulator format."""
+        return self._accumulate(accumulate_mean, np.mean, terms, axes, keepdims)
+
+    def _accumulate(
+        self,
+        emulated: Callable[..., torch.Tensor],
+        integer: Callable[..., np.ndarray],
+        terms: np.ndarray,
+        axes: Iterable[int] | None,
+        keepdims: bool,
+    ) -> np.ndarray:
         axes = normalize_axes(axes, terms.ndim)
-        count = int(np.prod([terms.shape[axis] for axis in axes]))
-        mean = self.sum(terms, axes, keepdims) / np.float32(count)
-        return round_to_fp16(mean) if self.strict_fp16 else mean
+        # MIL stores keep_dims as a NumPy bool, which NumPy's reductions reject as keepdims.
+        keepdims = bool(keepdims)
+        if terms.dtype.kind != "f":
+            return integer(terms, axis=axes, keepdims=keepdims)
+        return emulated(_as_torch(terms), axes, self.accumulate_fmt, keepdim=keepdims).numpy()
 
     def watch(self, statistic: np.ndarray) -> np.ndarray:
         """Count the non-finite entries of a fused op's hidden statistic; return it unchanged."""

@@ -12,6 +12,7 @@ Adding an op is one function decorated with `@register("op_type")`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,6 +50,34 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 def _erf(x: np.ndarray) -> np.ndarray:
     return torch.special.erf(_as_torch(x)).numpy()
+
+
+def _without_negative_strides(view: np.ndarray) -> np.ndarray:
+    """A copy of a flipped view. Every torch call (FP16 rounding included) rejects negative
+    strides, and np.ascontiguousarray keeps them on size-1 axes (NumPy calls those contiguous)."""
+    return view.copy() if any(stride < 0 for stride in view.strides) else view
+
+
+def _keeping_integer_type(result: Any, *operands: np.ndarray) -> Any:
+    """On int32 operands MIL arithmetic returns int32: a fractional result (real_div, exp2 of a
+    negative, reduce_mean, ...) truncated toward zero, as coremltools' value_inference casts
+    it, and NumPy's int64 sums narrowed back. Bool results (comparisons) stay bool."""
+    result = np.asarray(result)
+    integers = all(np.asarray(x).dtype.kind in "iu" for x in operands)
+    if not integers or result.dtype.kind not in "fiu":
+        return result
+    exact = np.trunc(result) if result.dtype.kind == "f" else result
+    return exact.astype(np.result_type(*operands), copy=False)
+
+
+def _integer_in_integer_out(kernel: Kernel) -> Kernel:
+    """A kernel of `x` whose result keeps x's integer type (see `_keeping_integer_type`)."""
+
+    @functools.wraps(kernel)
+    def typed(num: Numerics, x: np.ndarray, *args: Any, **params: Any) -> Any:
+        return _keeping_integer_type(kernel(num, x, *args, **params), x)
+
+    return typed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,14 +139,14 @@ _BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 
 def _unary_kernel(function: Callable[[np.ndarray], np.ndarray]) -> Kernel:
     def kernel(num: Numerics, x: np.ndarray) -> np.ndarray:
-        return function(x)
+        return _keeping_integer_type(function(x), x)
 
     return kernel
 
 
 def _binary_kernel(function: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Kernel:
     def kernel(num: Numerics, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return function(x, y)
+        return _keeping_integer_type(function(x, y), x, y)
 
     return kernel
 
@@ -229,6 +258,7 @@ def cast(num: Numerics, x: np.ndarray, dtype: str) -> np.ndarray:
 
 
 @register("reduce_sum")
+@_integer_in_integer_out
 def reduce_sum(
     num: Numerics, x: np.ndarray, axes: Sequence[int] | None, keep_dims: bool
 ) -> np.ndarray:
@@ -236,6 +266,7 @@ def reduce_sum(
 
 
 @register("reduce_mean")
+@_integer_in_integer_out
 def reduce_mean(
     num: Numerics, x: np.ndarray, axes: Sequence[int] | None, keep_dims: bool
 ) -> np.ndarray:
@@ -243,6 +274,7 @@ def reduce_mean(
 
 
 @register("reduce_sum_square")
+@_integer_in_integer_out
 def reduce_sum_square(
     num: Numerics, x: np.ndarray, axes: Sequence[int] | None, keep_dims: bool
 ) -> np.ndarray:
@@ -250,6 +282,7 @@ def reduce_sum_square(
 
 
 @register("reduce_l1_norm")
+@_integer_in_integer_out
 def reduce_l1_norm(
     num: Numerics, x: np.ndarray, axes: Sequence[int] | None, keep_dims: bool
 ) -> np.ndarray:
@@ -257,6 +290,7 @@ def reduce_l1_norm(
 
 
 @register("reduce_l2_norm")
+@_integer_in_integer_out
 def reduce_l2_norm(
     num: Numerics, x: np.ndarray, axes: Sequence[int] | None, keep_dims: bool
 ) -> np.ndarray:
@@ -264,6 +298,7 @@ def reduce_l2_norm(
 
 
 @register("reduce_log_sum")
+@_integer_in_integer_out
 def reduce_log_sum(
     num: Numerics, x: np.ndarray, axes: Sequence[int] | None, keep_dims: bool
 ) -> np.ndarray:
@@ -271,6 +306,7 @@ def reduce_log_sum(
 
 
 @register("reduce_log_sum_exp")
+@_integer_in_integer_out
 def reduce_log_sum_exp(
     num: Numerics, x: np.ndarray, axes: Sequence[int] | None, keep_dims: bool
 ) -> np.ndarray:
@@ -281,6 +317,7 @@ def reduce_log_sum_exp(
 
 
 def _plain_reduction(function: Callable[..., np.ndarray]) -> Kernel:
+    @_integer_in_integer_out
     def kernel(
         num: Numerics, x: np.ndarray, axes: Sequence[int] | None, keep_dims: bool
     ) -> np.ndarray:
@@ -535,7 +572,7 @@ def squeeze(num: Numerics, x: np.ndarray, axes: Sequence[int] | None) -> np.ndar
 
 @register("reverse")
 def reverse(num: Numerics, x: np.ndarray, axes: Sequence[int] | None) -> np.ndarray:
-    return np.flip(x, _int_tuple(axes))
+    return _without_negative_strides(np.flip(x, _int_tuple(axes)))
 
 
 @register("concat")
@@ -587,22 +624,26 @@ def slice_by_index(
     squeeze_mask = no_mask if squeeze_mask is None else squeeze_mask
     index: list[int | slice] = []
     for axis in range(x.ndim):
-        if squeeze_mask[axis]:
-            index.append(int(begin[axis]))  # an integer index drops the axis
-            continue
         start = None if begin_mask[axis] else int(begin[axis])
+        if squeeze_mask[axis]:
+            # An integer index drops the axis; a masked begin is 0 whatever the stride (as
+            # coremltools' value_inference slices it: begin None, stride +INT32_MAX).
+            index.append(0 if start is None else start)
+            continue
         stop = None if end_mask[axis] else int(end[axis])
         index.append(slice(start, stop, int(stride[axis])))
-    return x[tuple(index)]
+    return _without_negative_strides(x[tuple(index)])
 
 
 @register("slice_by_size")
 def slice_by_size(
     num: Numerics, x: np.ndarray, begin: Sequence[int], size: Sequence[int]
 ) -> np.ndarray:
+    # A negative begin counts from the end; size -1 reaches the end of the axis.
+    starts = [int(start) % length for start, length in zip(begin, x.shape, strict=True)]
     index = tuple(
-        slice(int(start), None if length == -1 else int(start) + int(length))
-        for start, length in zip(begin, size, strict=True)
+        slice(start, None if int(length) == -1 else start + int(length))
+        for start, length in zip(starts, size, strict=True)
     )
     return x[index]
 
@@ -647,12 +688,16 @@ def band_part(num: Numerics, x: np.ndarray, lower: int, upper: int) -> np.ndarra
 
 @register("cumsum")
 def cumsum(num: Numerics, x: np.ndarray, axis: int, exclusive: bool, reverse: bool) -> np.ndarray:
-    axis = int(axis)
+    axis = int(axis) % x.ndim
     values = np.flip(x, axis) if reverse else x
-    sums = np.cumsum(values, axis=axis)
     if exclusive:
-        sums = sums - values
-    return np.flip(sums, axis) if reverse else sums
+        # Shifted by one, 0 first: each sum leaves its own element out. (Subtracting the
+        # element instead would turn an inf's neighbours into inf - inf = NaN.)
+        head = np.zeros_like(values[(slice(None),) * axis + (slice(0, 1),)])
+        body = values[(slice(None),) * axis + (slice(0, -1),)]
+        values = np.concatenate([head, body], axis=axis)
+    sums = np.cumsum(values, axis=axis)
+    return _without_negative_strides(np.flip(sums, axis)) if reverse else sums
 
 
 @register("gather")
@@ -664,9 +709,19 @@ def gather(
     batch_dims: int = 0,
     validate_indices: bool = False,
 ) -> np.ndarray:
-    if batch_dims != 0:
-        raise NotImplementedError("gather with batch_dims != 0 is not supported")
-    return np.take(x, np.asarray(indices, dtype=np.int64), axis=int(axis))
+    axis, batch_dims = int(axis) % x.ndim, int(batch_dims)
+    indices = np.asarray(indices, dtype=np.int64)
+    if batch_dims == 0:
+        return np.take(x, indices, axis=axis)
+    # The first batch_dims axes of x and indices pair up: gather within each batch element.
+    batch_shape = x.shape[:batch_dims]
+    rows = x.reshape((-1,) + x.shape[batch_dims:])
+    row_indices = indices.reshape((-1,) + indices.shape[batch_dims:])
+    gathered = [
+        np.take(row, row_index, axis=axis - batch_dims)
+        for row, row_index in zip(rows, row_indices, strict=True)
+    ]
+    return np.stack(gathered).reshape(batch_shape + gathered[0].shape)
 
 
 @register("gather_along_axis")
@@ -693,4 +748,5 @@ def shape(num: Numerics, x: np.ndarray) -> np.ndarray:
 
 @register("range_1d")
 def range_1d(num: Numerics, end: Any, start: Any, step: Any) -> np.ndarray:
-    return np.arange(start, end, step)
+    # np.arange widens int32 bounds to int64; MIL's range keeps their type.
+    return np.arange(start, end, step, dtype=np.result_type(start, end, step))

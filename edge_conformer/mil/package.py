@@ -2,10 +2,16 @@
 
 coremltools is the optional `export` dependency: imported only when a package is written or
 read, and through `import_coremltools`, which first filters its import-time noise.
+
+Reading never writes: the spec file is found through Manifest.json and parsed as protobuf.
+(`coremltools.models.MLModel`, even with skip_model_load, opens the package through
+libmodelpackage, which rewrites Manifest.json: a published package must stay untouched by the
+code that checks it.)
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -15,7 +21,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from coremltools.converters.mil.mil import Function
 
-WEIGHTS_DIR = Path("Data", "com.apple.CoreML", "weights")
+MANIFEST_FILE = "Manifest.json"
+PACKAGE_DATA_DIR = "Data"  # Manifest item paths are relative to it
+# Core ML resolves "@model_path/weights/..." against the folder that holds the spec file.
+WEIGHTS_DIR_NAME = "weights"
 
 
 class _ExpectedCoremltoolsNoise(logging.Filter):
@@ -51,19 +60,39 @@ def import_coremltools() -> ModuleType:
     return coremltools
 
 
-def load_program(package_path: Path) -> tuple[Any, Function]:
-    """The model spec and the MIL function Core ML would run, read from a saved package."""
-    ct = import_coremltools()
-    from coremltools.converters.mil.frontend.milproto.load import load
+def model_spec_path(package_path: Path) -> Path:
+    """The package's root model spec file, as its Manifest.json names it."""
+    manifest_path = package_path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"no .mlpackage at {package_path} (no {MANIFEST_FILE})")
+    manifest = json.loads(manifest_path.read_text())
+    try:
+        root_item = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]
+        spec_path = package_path / PACKAGE_DATA_DIR / root_item["path"]
+    except KeyError as error:
+        raise ValueError(f"{manifest_path} names no root model (no key {error})") from error
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{manifest_path} names {spec_path}, which does not exist")
+    return spec_path
 
-    if not package_path.is_dir():
-        raise FileNotFoundError(f"no .mlpackage at {package_path}")
-    spec = ct.models.MLModel(str(package_path), skip_model_load=True).get_spec()
+
+def load_program(package_path: Path) -> tuple[Any, Function]:
+    """The model spec and the MIL function Core ML would run, read from a saved package.
+
+    Only reads: no file of the package is written or has its timestamps changed.
+    """
+    import_coremltools()
+    from coremltools.converters.mil.frontend.milproto.load import load
+    from coremltools.proto import Model_pb2
+
+    spec_path = model_spec_path(Path(package_path))
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
     if spec.WhichOneof("Type") != "mlProgram":
         raise ValueError(f"{package_path} is a {spec.WhichOneof('Type')} model, not an ML Program")
     program = load(
-        spec, spec.specificationVersion, file_weights_dir=str(package_path / WEIGHTS_DIR)
+        spec,
+        spec.specificationVersion,
+        file_weights_dir=str(spec_path.parent / WEIGHTS_DIR_NAME),
     )
     return spec, program.functions[spec.description.defaultFunctionName or "main"]
-
-

@@ -1,7 +1,7 @@
 """Multi-head self-attention with rotary positions, written for fast training.
 
 Uses `scaled_dot_product_attention` (fused kernels on GPU, efficient on CPU). The Neural
-Engine rewrite in `edge_conformer.ane` re-expresses the same weights per head with einsum.
+Engine rewrite in `edge_conformer.export` re-expresses the same weights per head with einsum.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge_conformer.model.rotary import apply_rotary, rotary_tables
+from edge_conformer.model.streaming import with_own_key
 
 
 class RotarySelfAttention(nn.Module):
@@ -30,15 +31,54 @@ class RotarySelfAttention(nn.Module):
         batch, frames, _ = x.shape
         return x.view(batch, frames, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, key_padding: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, C); key_padding: (B, T) bool, True where the frame is padding."""
-        batch, frames, channels = x.shape
+    def _rotated(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) projections -> (B, heads, T, head_dim), rotated by the tables' positions."""
+        return apply_rotary(self._split_heads(x), cos, sin)
+
+    def _tables(self, frames: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary tables for positions 0..frames-1 in the dtype of the attention's input x
+        (under autocast the projections may be half precision; the rotation then runs in
+        the input's precision, as it always has)."""
         cos, sin = rotary_tables(frames, self.head_dim, device=x.device)
-        q = apply_rotary(self._split_heads(self.q_proj(x)), cos.to(x.dtype), sin.to(x.dtype))
-        k = apply_rotary(self._split_heads(self.k_proj(x)), cos.to(x.dtype), sin.to(x.dtype))
-        v = self._split_heads(self.v_proj(x))
-        mask = ~key_padding[:, None, None, :]  # True = attend
+        return cos.to(x.dtype), sin.to(x.dtype)
+
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-head attention (mask True = attend), heads merged and projected: (B, Tq, C)."""
+        batch, _, queries, _ = q.shape
         context = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )
-        return self.out_proj(context.transpose(1, 2).reshape(batch, frames, channels))
+        return self.out_proj(context.transpose(1, 2).reshape(batch, queries, -1))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, C); mask: bool, True = attend, broadcastable to (B, heads, T, T)
+        (the key-padding (B, 1, 1, T) or a chunk mask (B, 1, T, T): streaming.py)."""
+        cos, sin = self._tables(x.shape[1], x)
+        q = self._rotated(self.q_proj(x), cos, sin)
+        k = self._rotated(self.k_proj(x), cos, sin)
+        return self._attend(q, k, self._split_heads(self.v_proj(x)), mask)
+
+    def forward_chunk(
+        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, key_valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One chunk x (B, C, d) attending its cached left context and itself.
+
+        keys, values: (B, L, d), the last L frames' projections, keys NOT rotated; key_valid
+        (B, L + C): which window frames exist (empty cache slots and the padding at a stream's
+        end do not). The window [cache; chunk] is rotated with constant window-local positions
+        0..L+C-1, queries at L..L+C-1: rotary scores depend only on offsets, so this equals the
+        full forward's absolute positions, and no angle grows with the stream's length.
+        Returns the chunk's outputs and the window's un-rotated keys and values (B, L + C, d).
+        """
+        window_keys = torch.cat([keys, self.k_proj(x)], dim=1)
+        window_values = torch.cat([values, self.v_proj(x)], dim=1)
+        cached, window = keys.shape[1], window_keys.shape[1]
+        cos, sin = self._tables(window, x)
+        q = self._rotated(self.q_proj(x), cos[cached:], sin[cached:])
+        k = self._rotated(window_keys, cos, sin)
+        allowed = key_valid[:, None, :].expand(-1, x.shape[1], -1)
+        mask = with_own_key(allowed, offset=cached)[:, None]
+        out = self._attend(q, k, self._split_heads(window_values), mask)
+        return out, window_keys, window_values

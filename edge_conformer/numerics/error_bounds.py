@@ -57,7 +57,7 @@ def post_centring_rounding(
     if statistic_error >= 1:
         return math.inf, math.inf
     root_error = (1 - statistic_error) ** (-1 / p) - 1
-    # pow(v, fl(-1/p)) instead of pow(v, -1/p): relative error up to u |ln v| / p (not rsqrt).
+    # pow(v, fl(1/p)) instead of pow(v, 1/p): relative error up to u |ln v| / p (not sqrt).
     exponent_error = 0.0 if p == 2 else math.expm1(u * max(abs(math.log(low)), math.log(high)) / p)
     gain = (1 + u) ** 5 * (1 + root_error) * (1 + exponent_error)
     return gain - 1, tiny * gain * (d / low) ** (1 / p)
@@ -101,11 +101,12 @@ def mean_error_coefficient(d: int, fmt: FloatFormat, accumulate_fmt: FloatFormat
     """c_mu: |computed mean of x/a - mean(x)/a| <= c_mu mean|x|/a + 4 m u.
 
     The sum's error is at most min((1 + u_A)^(d-1) - 1, 1) sum|x/a| (each addition errs by at
-    most the smaller operand); then storing, 1/d and the product, and the rounding of x/a.
+    most the smaller operand); then the rounding of x/a and the one rounding of the quotient
+    sum / d (a reduce_mean stores only its result, docs/numerics.md section 1).
     """
     u = fmt.unit_roundoff
     sum_error = min((1 + accumulate_fmt.unit_roundoff) ** (d - 1) - 1, 1.0)
-    return (1 + sum_error) * (1 + u) ** 4 - 1 + u
+    return (1 + sum_error) * (1 + u) ** 2 - 1 + u
 
 
 def lp_norm_error_bound_from_conditions(

@@ -16,8 +16,9 @@ scale invariant once eps is rescaled with the data:
 ``prenormalizer="maxabs"`` is stage 1 alone (the usual "divide by the max, rescale eps" fix: no
 overflow, but near-constant inputs can underflow) and ``"none"`` is the textbook formula.
 
-The torch functions use only abs, amax, sum/mean, sub, mul, div, pow, rsqrt and maximum, with no
-Python branching on tensor values, so they trace into a Core ML program as they are.
+The torch functions use only abs, amax, sum/mean, sub, mul, div, pow, sqrt, rsqrt, maximum and
+full_like, with no Python branching on tensor values, so `torch.export` captures them into a
+Core ML program as they are, one MIL op per emulated op.
 """
 
 from __future__ import annotations
@@ -202,6 +203,13 @@ def _inverse_root(v: torch.Tensor, p: float, arith: GraphArithmetic) -> torch.Te
     return arith.round(v.pow(arith.const(-1.0 / p)))
 
 
+def _root(v: torch.Tensor, p: float, arith: GraphArithmetic) -> torch.Tensor:
+    """v^(1/p); sqrt for p = 2."""
+    if p == 2:
+        return arith.round(torch.sqrt(v))
+    return arith.round(v.pow(arith.const(1.0 / p)))
+
+
 def _divide_by_root(
     centred: torch.Tensor, statistic: torch.Tensor, p: float, arith: GraphArithmetic
 ) -> torch.Tensor:
@@ -212,8 +220,8 @@ def _divide_by_root(
 
 
 def _channel_count(x: torch.Tensor, dim: int) -> int:
-    """d as a Python int: under torch.jit.trace the constants derived from it stay constants
-    (one TracerWarning) instead of becoming integer ops in the graph."""
+    """d as a Python int: the constants derived from it are computed in Python and enter the
+    exported program as constants, not as integer ops on a tensor's shape."""
     return int(x.shape[dim])
 
 
@@ -238,7 +246,7 @@ def _maxabs_norm(x, eps, dim, p, fmt, arith):
     reduced, scale = _reduce_range(x, eps, dim, p, fmt, arith)
     centred = _centre(reduced, dim, arith)
     # eps / a^p computed as (eps^(1/p) / a)^p: the quotient cannot overflow while a >= a_min.
-    scaled_eps = _abs_pow(arith.round(arith.const(eps ** (1 / p)) / scale), p, arith)
+    scaled_eps = _abs_pow(arith.round(arith.constant_like(scale, eps ** (1 / p)) / scale), p, arith)
     statistic = arith.round(arith.mean(_abs_pow(centred, p, arith), dim) + scaled_eps)
     return _divide_by_root(centred, statistic, p, arith), statistic
 
@@ -249,7 +257,7 @@ def _mad_norm(x, eps, dim, p, fmt, arith):
     centred = _centre(reduced, dim, arith)
     # eps enters as one more entry of the vector, (d eps)^(1/p), rescaled like the data.
     eps_entry = arith.floor(
-        arith.round(arith.const((d * eps) ** (1 / p)) / scale), epsilon_floor(p, fmt)
+        arith.round(arith.constant_like(scale, (d * eps) ** (1 / p)) / scale), epsilon_floor(p, fmt)
     )
     mad_sum = arith.round(arith.sum(centred.abs(), dim) + eps_entry)  # d * MAD+
     k = prenormalizer_constant(d, p, fmt)
@@ -262,7 +270,10 @@ def _mad_norm(x, eps, dim, p, fmt, arith):
         return normalised, prenormalizer
     eps_term = _abs_pow(arith.round(eps_entry / prenormalizer), p, arith)
     statistic = arith.round(arith.sum(_abs_pow(normalised, p, arith), dim) + eps_term)
-    gain = arith.round(arith.const(d ** (1 / p)) * _inverse_root(statistic, p, arith))
+    # d^(1/p) / v^(1/p) as a division by sqrt (p = 2): rsqrt converts to an op that adds an
+    # epsilon, and the division rounds as often as the product with a reciprocal root would.
+    root = _root(statistic, p, arith)
+    gain = arith.round(arith.constant_like(root, d ** (1 / p)) / root)
     return arith.round(normalised * gain), statistic
 
 

@@ -1,14 +1,15 @@
 """A training checkpoint as export and transcription need it: model, tokenizer, features, config.
 
 Checkpoints written by `edge_conformer.training` carry everything: the Lightning state dict
-(keys prefixed "model."), and under "edge_conformer" the resolved Hydra config and the
-SentencePiece model bytes. Users may also point at a run directory, whose results.json names
-the checkpoint that was tested (the best validated one, or the last).
+(keys prefixed "model."), and under "edge_conformer" the resolved Hydra config, the
+SentencePiece model bytes and, for `data.features.normalize=global`, the feature statistics.
+Users may also point at a run directory, whose results.json names the checkpoint that was
+tested (the best validated one, or the last).
 """
 
 from __future__ import annotations
 
-import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +17,18 @@ import torch
 
 from edge_conformer.data.features import LogMelFeatures
 from edge_conformer.data.tokenizer import Tokenizer
+from edge_conformer.errors import UserInputError, one_line, read_json
 from edge_conformer.model import ConformerCTC, build_model
-from edge_conformer.records import RUN_ID_FILE
+from edge_conformer.records import RESULTS_JSON, RUN_ID_FILE
 
 STATE_PREFIX = "model."  # the LightningModule holds the ConformerCTC as `self.model`
 TOKENIZER_FILE = "tokenizer.model"
+# What torch.load raises for a file that is not a checkpoint: a text file (UnpicklingError),
+# an empty one (EOFError), a truncated or foreign zip (RuntimeError), a directory (OSError),
+# a pickle of classes that do not exist here (ImportError, AttributeError).
+UNREADABLE_CHECKPOINT_ERRORS = (
+    pickle.UnpicklingError, EOFError, RuntimeError, OSError, ImportError, AttributeError,
+)
 
 
 @dataclass
@@ -45,18 +53,34 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_file():
         return path
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such checkpoint or run directory")
-    results_file = path / "results.json"
+        raise UserInputError(f"{path}: no such checkpoint or run directory")
+    results_file = path / RESULTS_JSON
     if not results_file.is_file():
-        raise FileNotFoundError(
+        raise UserInputError(
             f"{path} is a directory without results.json: pass a .ckpt file or a finished run"
         )
-    recorded = Path(json.loads(results_file.read_text())["checkpoint"])
+    results = read_json(results_file, "run results")
+    if not isinstance(results, dict) or not isinstance(results.get("checkpoint"), str):
+        raise UserInputError(f"{results_file}: names no checkpoint (no \"checkpoint\" entry)")
+    recorded = Path(results["checkpoint"])
     # A run directory that was moved or copied still holds the file under checkpoints/.
     for candidate in (recorded, path / "checkpoints" / recorded.name):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"{results_file} names {recorded}, which does not exist")
+    raise UserInputError(f"{results_file} names {recorded}, which does not exist")
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The content of a checkpoint file, or UserInputError naming it if it is not one."""
+    try:
+        # weights_only=False: training checkpoints hold the config and tokenizer (plain
+        # Python objects) beside the weights. Load only checkpoints you trust.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except UNREADABLE_CHECKPOINT_ERRORS as error:
+        raise UserInputError(f"{path}: not a PyTorch checkpoint ({one_line(error)})") from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserInputError(f"{path}: not a training checkpoint (no state_dict)")
+    return checkpoint
 
 
 def checkpoint_run_dir(checkpoint_path: Path) -> Path:
@@ -72,16 +96,17 @@ def load_checkpoint(path: str | Path, tokenizer_dir: Path) -> LoadedCheckpoint:
     (SentencePiece loads from files), where an export wants it anyway.
     """
     ckpt_path = resolve_checkpoint(path)
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(ckpt_path)
     extras = checkpoint.get("edge_conformer")
     if not extras or "config" not in extras or "tokenizer_model" not in extras:
-        raise ValueError(f"{ckpt_path}: not an edge-conformer training checkpoint")
+        raise UserInputError(f"{ckpt_path}: not an edge-conformer training checkpoint")
     config = extras["config"]
     tokenizer_file = Path(tokenizer_dir) / TOKENIZER_FILE
     tokenizer_file.parent.mkdir(parents=True, exist_ok=True)
     tokenizer_file.write_bytes(extras["tokenizer_model"])
     tokenizer = Tokenizer(tokenizer_file)
-    features = LogMelFeatures(**config["data"]["features"])
+    # Global feature normalisation's statistics travel beside the config (lit_module.py).
+    features = LogMelFeatures.from_saved(config["data"]["features"], extras.get("feature_stats"))
 
     model = build_model(config["model"], tokenizer.vocab_size, features.n_mels)
     state = {

@@ -13,13 +13,13 @@ from edge_conformer.data.audio import read_audio
 from edge_conformer.data.features import LogMelFeatures
 from edge_conformer.data.tokenizer import Tokenizer
 from edge_conformer.decode import decode_logits
-from edge_conformer.mil.executor import PackageExecutor
 from edge_conformer.runtime.bundle import (
     COREML_AVAILABLE,
     FRONTEND_FILE,
     coreml_logits,
     executor_logits,
     load_bundle,
+    package_executor,
 )
 from edge_conformer.runtime.checkpoint import LoadedCheckpoint
 from edge_conformer.runtime.windowing import (
@@ -66,19 +66,24 @@ def checkpoint_transcriber(loaded: LoadedCheckpoint, window: WindowSpec | None) 
     )
 
 
+def uses_coreml(runtime: str) -> bool:
+    """Whether `runtime` (one of RUNTIMES) runs a package in Core ML: "auto" does on macOS."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    return runtime == "coreml" or (runtime == "auto" and COREML_AVAILABLE)
+
+
 def export_transcriber(
     export_dir: str | Path, runtime: str = "auto", executor_mode: str = "fp16"
 ) -> Transcriber:
     """An export directory's package: Core ML on macOS ("auto" or "coreml"), else the executor."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    use_coreml = uses_coreml(runtime)
     bundle = load_bundle(export_dir)
-    use_coreml = runtime == "coreml" or (runtime == "auto" and COREML_AVAILABLE)
     if use_coreml:
         logits = coreml_logits(bundle)  # raises off macOS
         how = "Core ML runtime"
     else:
-        logits = executor_logits(bundle, PackageExecutor(bundle.package, mode=executor_mode))
+        logits = executor_logits(bundle, package_executor(bundle, executor_mode))
         how = f"package executor, mode {executor_mode}"
     return Transcriber(
         bundle.features, bundle.tokenizer, logits,

@@ -6,8 +6,8 @@ T - overlap frames; each window is recognised alone, and its logits are kept onl
 context on both sides: overlapping stretches are split at their midpoint, so every kept frame
 sees at least overlap / 2 frames on the side of a seam (the utterance's own ends are real ends).
 
-Window starts are multiples of 4 feature frames, the subsampling factor, so that window output
-frame j is global output frame start / 4 + j and the stitched logits line up exactly with
+Window starts are multiples of the subsampling factor F (4 feature frames), so that window
+output frame j is global output frame start / F + j and the stitched logits line up exactly with
 whole-utterance decoding (`output_frames(num_frames)` frames in all).
 
 The same `windowed_logits` drives the FP32 training graph (`torch_window_runner`) and the FP16
@@ -24,9 +24,7 @@ import numpy as np
 import torch
 
 from edge_conformer.model import ConformerCTC
-from edge_conformer.model.subsampling import output_frames
-
-SUBSAMPLING = 4  # feature frames per output frame (two stride-2 convs)
+from edge_conformer.model.subsampling import SUBSAMPLING_FACTOR, output_frames
 
 # A window runner: (window features (T, n_mels), number of valid leading frames) -> logits of
 # that window's valid output frames, (subsampled_lengths(valid), vocab + 1).
@@ -38,7 +36,7 @@ LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _round_to_subsampling(frames: float) -> int:
-    return SUBSAMPLING * round(frames / SUBSAMPLING)
+    return SUBSAMPLING_FACTOR * round(frames / SUBSAMPLING_FACTOR)
 
 
 @dataclass(frozen=True)
@@ -49,14 +47,14 @@ class WindowSpec:
     overlap_frames: int
 
     def __post_init__(self) -> None:
-        if self.window_frames <= 0 or self.window_frames % SUBSAMPLING:
+        if self.window_frames <= 0 or self.window_frames % SUBSAMPLING_FACTOR:
             raise ValueError(
-                f"window_frames must be a positive multiple of {SUBSAMPLING}, "
+                f"window_frames must be a positive multiple of {SUBSAMPLING_FACTOR}, "
                 f"got {self.window_frames}"
             )
-        if self.overlap_frames < 0 or self.overlap_frames % SUBSAMPLING:
+        if self.overlap_frames < 0 or self.overlap_frames % SUBSAMPLING_FACTOR:
             raise ValueError(
-                f"overlap_frames must be a non-negative multiple of {SUBSAMPLING}, "
+                f"overlap_frames must be a non-negative multiple of {SUBSAMPLING_FACTOR}, "
                 f"got {self.overlap_frames}"
             )
         if self.overlap_frames >= self.window_frames:
@@ -69,7 +67,7 @@ class WindowSpec:
     def from_seconds(
         cls, window_seconds: float, overlap_seconds: float, frames_per_second: float
     ) -> WindowSpec:
-        """Window and overlap in seconds, rounded to whole multiples of 4 feature frames."""
+        """Window and overlap in seconds, rounded to whole multiples of SUBSAMPLING_FACTOR."""
         return cls(
             window_frames=_round_to_subsampling(window_seconds * frames_per_second),
             overlap_frames=_round_to_subsampling(overlap_seconds * frames_per_second),
@@ -107,13 +105,12 @@ def kept_output_ranges(num_frames: int, spec: WindowSpec) -> list[tuple[int, int
     """For each window: (start feature frame, first kept output frame, end output frame).
 
     Output frames are global (utterance) indices. Neighbouring windows overlap by
-    overlap_frames / 4 output frames and hand over at the midpoint of that overlap.
+    overlap_frames / SUBSAMPLING_FACTOR output frames and hand over at its midpoint.
     """
     starts = spec.starts(num_frames)
     total = output_frames(num_frames)
-    seams = [
-        start // SUBSAMPLING + spec.overlap_frames // (2 * SUBSAMPLING) for start in starts[1:]
-    ]
+    factor = SUBSAMPLING_FACTOR
+    seams = [start // factor + spec.overlap_frames // (2 * factor) for start in starts[1:]]
     firsts = [0, *seams]
     ends = [*seams, total]
     return list(zip(starts, firsts, ends))
@@ -134,7 +131,7 @@ def windowed_logits(
         valid = min(spec.window_frames, num_frames - start)
         window[:valid] = features[start : start + valid]
         logits = run_window(window, valid)
-        offset = start // SUBSAMPLING
+        offset = start // SUBSAMPLING_FACTOR
         pieces.append(logits[first - offset : end - offset])
     return torch.cat(pieces)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections import defaultdict
+from dataclasses import asdict
 
 import lightning as L
 import torch
@@ -13,8 +14,12 @@ import torch.nn.functional as F
 from edge_conformer.data.tokenizer import Tokenizer
 from edge_conformer.decode import error_rates, greedy_ctc_decode
 from edge_conformer.model import ConformerCTC
+from edge_conformer.model.streaming import ChunkContext
+from edge_conformer.records import ErrorRates
 from edge_conformer.training.activations import ActivationMaxAbs
-from edge_conformer.training.schedules import make_schedule
+from edge_conformer.training.chunking import DynamicChunks
+from edge_conformer.training.rng import restore_rng_states, rng_states
+from edge_conformer.training.schedules import lr_schedule, optimizer_factory
 
 SAMPLE_TRANSCRIPTS = 10
 LHOTSE_DUPLICATE = re.compile(r"_dup\d+$")  # lhotse.dataset.sampling.base.mark_as_duplicate
@@ -52,6 +57,8 @@ class CTCModule(L.LightningModule):
         optim: dict,
         test_names: list[str],
         checkpoint_extras: dict | None = None,
+        streaming: DynamicChunks | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -62,7 +69,11 @@ class CTCModule(L.LightningModule):
         self.activations = ActivationMaxAbs(model)
         self.skipped_utterances = 0
         self._eval_outputs: dict[int, dict[str, list[str]]] = defaultdict(_no_outputs)
-        self.test_results: dict[str, dict[str, float]] = {}
+        # Dynamic chunk training (model.streaming); its draws are seeded by (seed, step).
+        self.streaming = streaming if streaming is not None and streaming.enabled else None
+        self.seed = seed
+        self._stream_outputs: dict[int, dict[str, list[str]]] = defaultdict(_no_outputs)
+        self.test_results: dict[str, ErrorRates] = {}
         # Training time and audio seen (all ranks), accumulated across resumes (in checkpoints).
         self.train_seconds = 0.0
         self.audio_seconds = 0.0
@@ -74,13 +85,15 @@ class CTCModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None:
             features = datamodule.features
-            self._seconds_per_frame = features.hop_length / features.sample_rate
+            self._seconds_per_frame = 1 / features.settings.frames_per_second
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.train_seconds = time.perf_counter() - self._fit_started
 
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor):
-        return self.model(features, lengths)
+    def forward(
+        self, features: torch.Tensor, lengths: torch.Tensor, context: ChunkContext | None = None
+    ):
+        return self.model(features, lengths, context)
 
     def _ctc_loss(self, logits, out_lengths, batch) -> torch.Tensor:
         # CTC in FP32 whatever the autocast precision: its log-sum-exp recursions underflow
@@ -98,7 +111,8 @@ class CTCModule(L.LightningModule):
             return None
         log_every = self.trainer.log_every_n_steps if self.trainer else 1
         self.activations.enabled = self.global_step % log_every == 0
-        logits, out_lengths = self(batch["features"], batch["feature_lengths"])
+        context = self.streaming.draw(self.seed, self.global_step) if self.streaming else None
+        logits, out_lengths = self(batch["features"], batch["feature_lengths"], context)
         self.activations.enabled = False
         loss = self._ctc_loss(logits, out_lengths, batch)
         size = len(batch["ids"])
@@ -118,12 +132,26 @@ class CTCModule(L.LightningModule):
         if not batch["ids"]:
             return None
         logits, out_lengths = self(batch["features"], batch["feature_lengths"])
+        self._collect(self._eval_outputs[dataloader_idx], batch, logits, out_lengths)
+        if self.streaming is not None:  # the deployed chunk context, as a masked forward
+            context = self.streaming.eval_context
+            stream_logits, _ = self(batch["features"], batch["feature_lengths"], context)
+            self._collect(self._stream_outputs[dataloader_idx], batch, stream_logits, out_lengths)
+        return self._ctc_loss(logits, out_lengths, batch)
+
+    def _collect(self, outputs: dict, batch: dict, logits, out_lengths) -> None:
         hyps = [self.tokenizer.decode(ids) for ids in greedy_ctc_decode(logits, out_lengths)]
-        outputs = self._eval_outputs[dataloader_idx]
         outputs["ids"] += batch["ids"]
         outputs["refs"] += batch["texts"]
         outputs["hyps"] += hyps
-        return self._ctc_loss(logits, out_lengths, batch)
+
+    def _stream_rates(self, dataloader_idx: int) -> dict[str, float]:
+        """wer_stream and cer_stream of an evaluation set ({} when streaming is off)."""
+        if self.streaming is None:
+            return {}
+        outputs = _all_ranks(self._stream_outputs.pop(dataloader_idx, _no_outputs()))
+        rates = error_rates(outputs["refs"], outputs["hyps"])
+        return {"wer_stream": rates["wer"], "cer_stream": rates["cer"]}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         loss = self._decode_batch(batch, 0)
@@ -137,6 +165,8 @@ class CTCModule(L.LightningModule):
         rates = error_rates(outputs["refs"], outputs["hyps"])
         self.log("val/wer", rates["wer"], prog_bar=True, sync_dist=True)
         self.log("val/cer", rates["cer"], sync_dist=True)
+        for key, value in self._stream_rates(0).items():
+            self.log(f"val/{key}", value, sync_dist=True)
         self._log_samples("val/samples", outputs)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -147,13 +177,17 @@ class CTCModule(L.LightningModule):
             outputs = _all_ranks(self._eval_outputs.get(idx, _no_outputs()))
             if not outputs["refs"]:  # every utterance of the set was skipped as bad data
                 continue
-            rates = error_rates(outputs["refs"], outputs["hyps"])
-            rates["utterances"] = len(outputs["refs"])
+            stream = self._stream_rates(idx)
+            rates = ErrorRates(**error_rates(outputs["refs"], outputs["hyps"]),
+                               utterances=len(outputs["refs"]), **stream)
             self.test_results[name] = rates
-            self.log(f"test/{name}/wer", rates["wer"], add_dataloader_idx=False)
-            self.log(f"test/{name}/cer", rates["cer"], add_dataloader_idx=False)
+            self.log(f"test/{name}/wer", rates.wer, add_dataloader_idx=False)
+            self.log(f"test/{name}/cer", rates.cer, add_dataloader_idx=False)
+            for key, value in stream.items():
+                self.log(f"test/{name}/{key}", value, add_dataloader_idx=False)
             self._log_samples(f"test/{name}/samples", outputs)
         self._eval_outputs.clear()
+        self._stream_outputs.clear()
 
     def _log_samples(self, key: str, outputs: dict[str, list[str]]) -> None:
         """A table of reference vs hypothesis transcripts, for loggers that take tables."""
@@ -163,21 +197,14 @@ class CTCModule(L.LightningModule):
         self.logger.log_text(key=key, columns=["reference", "hypothesis"], data=rows)
 
     def configure_optimizers(self):
-        optim = self.optim
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=optim["lr"], betas=tuple(optim["betas"]),
-            weight_decay=optim["weight_decay"],
-        )
-        # Epoch-based runs (max_steps -1) get a long horizon: the decay then barely matters.
-        total_steps = optim.get("total_steps") or self.trainer.max_steps
-        total_steps = total_steps if total_steps > 0 else 100_000
-        factor = make_schedule(optim["schedule"], optim["warmup_steps"], total_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        # Both from the `_target_`s of conf/optim (edge_conformer/training/schedules.py).
+        optimizer = optimizer_factory(self.optim)(self.parameters())
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(self.optim))
         schedule = {"scheduler": scheduler, "interval": "step"}
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     # Checkpoints carry what export and transcription need (config, tokenizer), and the
-    # global RNG state so that a resumed run draws the same dropout masks.
+    # global RNG states so that a resumed run draws the same dropout masks (training/rng.py).
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["edge_conformer"] = {
             **self.checkpoint_extras,
@@ -186,11 +213,16 @@ class CTCModule(L.LightningModule):
             "train_seconds": self.train_seconds,
             "audio_seconds": self.audio_seconds,
         }
-        checkpoint["rng_state"] = torch.get_rng_state()
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and datamodule.features.stats is not None:
+            # Inference must normalise features by the statistics training normalised them by.
+            checkpoint["edge_conformer"]["feature_stats"] = asdict(datamodule.features.stats)
+        checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "rng_state" in checkpoint:
-            torch.set_rng_state(checkpoint["rng_state"])
+        # Checkpoints written before rng_states carry only torch's CPU state, as "rng_state".
+        legacy = {"torch": checkpoint["rng_state"]} if "rng_state" in checkpoint else {}
+        restore_rng_states(checkpoint.get("rng_states", legacy))
         extras = checkpoint.get("edge_conformer", {})
         self.skipped_utterances = extras.get("skipped_utterances", 0)
         self.train_seconds = extras.get("train_seconds", 0.0)

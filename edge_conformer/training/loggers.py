@@ -10,6 +10,7 @@ from pathlib import Path
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from edge_conformer.records import RUN_ID_FILE
+from edge_conformer.wandb_mode import wandb_online
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +42,12 @@ def wandb_logger(
     tags: list[str] | None = None,
     entity: str | None = None,
 ) -> WandbLogger:
-    """A WandbLogger writing under `run_dir`; online only when asked for and a key exists.
-
-    Without a key or network W&B would stall for minutes on init, so a request to go online
-    without WANDB_API_KEY (or a netrc login) falls back to offline with a warning.
-    """
+    """A WandbLogger writing under `run_dir`; online only as `wandb_online` decides."""
     run_dir = Path(run_dir)
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").is_file()
-    if online and not has_key:
-        log.warning("logger.online=true but no W&B API key is configured: logging offline")
-    mode = "online" if online and has_key else "offline"
+    mode = "online" if wandb_online(online) else "offline"
+    if online and mode == "offline":
+        log.warning("logger.online=true but W&B cannot go online (no API key, or WANDB_MODE "
+                    "says offline): logging offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     return WandbLogger(
         name=name,

@@ -13,8 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from edge_conformer.data.datamodule import SpeechDataModule
 from edge_conformer.model import build_model, count_parameters
+from edge_conformer.records import RESULTS_JSON, RunResults, Variant
+from edge_conformer.training.chunking import DynamicChunks
 from edge_conformer.training.lit_module import CTCModule
-from edge_conformer.training.results import print_results, write_results
+from edge_conformer.training.results import print_results
+from edge_conformer.training.schedules import check_optim
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +65,14 @@ def build_module(cfg: DictConfig, datamodule: SpeechDataModule) -> CTCModule:
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         test_names=list(cfg.data.test_splits),
         checkpoint_extras={"config": OmegaConf.to_container(cfg, resolve=True)},
+        streaming=DynamicChunks.from_config(cfg.model.get("streaming")),
+        seed=cfg.seed,
     )
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Fit, test and report one run; returns the content of its results.json."""
+def train(cfg: DictConfig, run_dir: Path) -> RunResults:
+    """Fit, test and report one run; returns what its results.json holds."""
+    check_optim(OmegaConf.to_container(cfg.optim, resolve=True))  # before minutes of data work
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
@@ -92,26 +98,24 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     tested = _test_checkpoint(*checkpoints)
     trainer.test(module, datamodule=datamodule, ckpt_path=tested)
 
-    results = {
-        "run_name": cfg.run_name,
-        "run_dir": str(run_dir),
-        "variant": {"size": cfg.model.name, "subsampling": cfg.model.subsampling,
-                    "norm": cfg.model.norm},
-        "parameters": count_parameters(model),
-        "vocab_size": datamodule.tokenizer.vocab_size,
-        "train_steps": trainer.global_step,
-        "train_wall_seconds": round(module.train_seconds, 2),
-        "train_audio_seconds": round(module.audio_seconds, 2),
-        "audio_seconds_per_second": round(
-            module.audio_seconds / max(module.train_seconds, 1e-9), 2
-        ),
-        "skipped_utterances": module.skipped_utterances,
-        "checkpoint": tested,
-        "test": module.test_results,
-        "wandb_run_id": logger.version if isinstance(logger, WandbLogger) else None,
-    }
+    results = RunResults(
+        run_name=cfg.run_name,
+        run_dir=str(run_dir),
+        variant=Variant(size=cfg.model.name, subsampling=cfg.model.subsampling,
+                        norm=cfg.model.norm),
+        parameters=count_parameters(model),
+        vocab_size=datamodule.tokenizer.vocab_size,
+        train_steps=trainer.global_step,
+        train_wall_seconds=round(module.train_seconds, 2),
+        train_audio_seconds=round(module.audio_seconds, 2),
+        audio_seconds_per_second=round(module.audio_seconds / max(module.train_seconds, 1e-9), 2),
+        skipped_utterances=module.skipped_utterances,
+        checkpoint=tested,
+        test=dict(module.test_results),
+        wandb_run_id=logger.version if isinstance(logger, WandbLogger) else None,
+    )
     if trainer.is_global_zero:
-        write_results(run_dir, results)
+        results.write(run_dir / RESULTS_JSON)
         print_results(results)
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(_summary(results))
@@ -119,12 +123,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     return results
 
 
-def _summary(results: dict) -> dict:
-    summary = {f"variant/{k}": v for k, v in results["variant"].items()}
-    summary.update({k: results[k] for k in ("parameters", "train_wall_seconds",
-                                             "audio_seconds_per_second")})
-    for name, rates in results["test"].items():
-        summary[f"test/{name}/wer"] = rates["wer"]
+def _summary(results: RunResults) -> dict:
+    summary = {f"variant/{k}": v for k, v in results.variant.to_json().items()}
+    summary.update(parameters=results.parameters, train_wall_seconds=results.train_wall_seconds,
+                   audio_seconds_per_second=results.audio_seconds_per_second)
+    for name, rates in results.test.items():
+        summary[f"test/{name}/wer"] = rates.wer
+        if rates.wer_stream is not None:
+            summary[f"test/{name}/wer_stream"] = rates.wer_stream
     return summary
 
 

@@ -13,7 +13,6 @@ Splits (one speaker is held out of training entirely):
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -28,6 +27,7 @@ import numpy as np
 import soundfile as sf
 
 from edge_conformer.data.audio import BadAudioError, check_audio_file
+from edge_conformer.data.corpora.prepared import is_prepared, keep_usable, write_prepared
 from edge_conformer.data.manifests import Utterance, build_cuts
 
 log = logging.getLogger(__name__)
@@ -76,26 +76,18 @@ def ensure_fsdd(fsdd_dir: str | Path, download_dir: str | Path) -> Path:
     return target
 
 
+def _checked_take(path: Path) -> Take:
+    check_audio_file(path)
+    digit, speaker, index = TAKE_NAME.match(path.name).groups()
+    return Take(int(digit), speaker, int(index), path)
+
+
 def scan_takes(fsdd_dir: Path) -> list[Take]:
     """Every usable take in fsdd_dir/recordings; unusable files are logged and counted."""
-    takes, rejected = [], 0
-    for path in sorted((fsdd_dir / "recordings").glob("*.wav")):
-        match = TAKE_NAME.match(path.name)
-        if not match:
-            continue
-        try:
-            check_audio_file(path)
-        except BadAudioError as err:
-            log.warning("skipping %s", err)
-            rejected += 1
-            continue
-        digit, speaker, index = match.groups()
-        takes.append(Take(int(digit), speaker, int(index), path))
-    if rejected:
-        log.warning("skipped %d unusable FSDD recordings", rejected)
-    if not takes:
+    paths = [p for p in sorted((fsdd_dir / "recordings").glob("*.wav")) if TAKE_NAME.match(p.name)]
+    if not paths:
         raise FileNotFoundError(f"{fsdd_dir}/recordings: no FSDD recordings found")
-    return takes
+    return keep_usable(paths, _checked_take, on_bad_data="skip", what="FSDD recordings")
 
 
 def _read_take(take: Take) -> np.ndarray:
@@ -167,14 +159,14 @@ def prepare_digits(
     gap_seconds = (float(gap_seconds[0]), float(gap_seconds[1]))
     manifests = {name: out_dir / f"cuts_{name}.jsonl.gz"
                  for name in ("train", "dev", "test", "unseen_speaker")}
-    # What defines the corpus (not where FSDD lies), as it reads back from the stamp file.
-    settings = json.loads(json.dumps({
+    # What defines the corpus (not where FSDD lies).
+    settings = {
         "unseen_speaker": unseen_speaker, "num_train": num_train, "num_dev": num_dev,
         "num_test": num_test, "num_unseen": num_unseen, "min_digits": min_digits,
         "max_digits": max_digits, "gap_seconds": gap_seconds, "seed": seed,
-    }))
-    stamp = out_dir / "prepared.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == settings:
+    }
+    # All or nothing: the splits draw from one random sequence, in order.
+    if all(is_prepared(manifest, settings) for manifest in manifests.values()):
         return manifests
 
     fsdd = ensure_fsdd(fsdd_dir, out_dir.parent)
@@ -194,9 +186,8 @@ def prepare_digits(
     for spec in specs:
         plan = plan_split(spec, takes, rng, min_digits, max_digits)
         utterances = write_split(spec.name, plan, out_dir, rng, gap_seconds)
-        build_cuts(utterances, on_bad_data="error").to_file(manifests[spec.name])
+        write_prepared(build_cuts(utterances, on_bad_data="error"), manifests[spec.name], settings)
         log.info("digits %s: %d utterances", spec.name, len(utterances))
-    stamp.write_text(json.dumps(settings, indent=2))
     return manifests
 
 

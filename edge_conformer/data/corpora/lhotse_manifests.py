@@ -11,7 +11,6 @@ counted as skipped (`skip`).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
@@ -19,8 +18,9 @@ from pathlib import Path
 
 from lhotse import CutSet, RecordingSet, SupervisionSet, load_manifest
 
-from edge_conformer.data.audio import BadAudioError, check_audio_file
-from edge_conformer.data.manifests import BAD_DATA_POLICIES, BadTranscriptError, cut_text
+from edge_conformer.data.audio import check_audio_file
+from edge_conformer.data.corpora.prepared import is_prepared, keep_usable, write_prepared
+from edge_conformer.data.manifests import BadTranscriptError, cut_text
 
 log = logging.getLogger(__name__)
 
@@ -55,36 +55,20 @@ def _checked_file(path: str) -> None:
     check_audio_file(path)  # once per file: many cuts may share a long recording
 
 
-def check_cut(cut) -> None:
-    """Raise BadAudioError / BadTranscriptError naming the cut's file if it is unusable."""
+def check_cut(cut):
+    """The cut, or BadAudioError / BadTranscriptError naming its file if it is unusable."""
     if not cut_text(cut).strip():
         raise BadTranscriptError(f"{cut.id}: missing or empty transcript")
     if cut.has_recording:
         for source in cut.recording.sources:
             if source.type == "file":  # URLs, commands and in-memory audio are checked on load
                 _checked_file(str(source.source))
+    return cut
 
 
 def checked_cuts(cuts: Iterable, on_bad_data: str = "skip") -> CutSet:
     """The usable cuts; unusable ones raise (`error`) or are logged and counted (`skip`)."""
-    if on_bad_data not in BAD_DATA_POLICIES:
-        raise ValueError(f"on_bad_data must be one of {BAD_DATA_POLICIES}, got {on_bad_data!r}")
-    kept, skipped = [], 0
-    for cut in cuts:
-        try:
-            check_cut(cut)
-        except (BadAudioError, BadTranscriptError) as err:
-            if on_bad_data == "error":
-                raise
-            log.warning("skipping %s", err)
-            skipped += 1
-            continue
-        kept.append(cut)
-    if skipped:
-        log.warning("skipped %d of %d cuts with bad data", skipped, skipped + len(kept))
-    if not kept:
-        raise ValueError("no usable cuts: every one was rejected (see the log above)")
-    return CutSet.from_cuts(kept)
+    return CutSet.from_cuts(keep_usable(cuts, check_cut, on_bad_data, what="cuts"))
 
 
 def _lowercased(cuts: CutSet) -> CutSet:
@@ -100,24 +84,21 @@ def prepare_lhotse_manifests(
     on_bad_data: str = "skip",
 ) -> dict[str, Path]:
     """One checked cut manifest per role in `out_dir`: `train`, `dev` and each test set.
-    Idempotent: rebuilt only when the inputs or settings change."""
+    Idempotent: a role is rebuilt only when its inputs or the settings change."""
     out_dir = Path(out_dir).resolve()
     roles = {"train": list(train_manifests), "dev": list(dev_manifests),
              **{name: list(paths) for name, paths in test_manifests.items()}}
     roles = {role: [str(Path(p).resolve()) for p in paths] for role, paths in roles.items()}
     manifests = {role: out_dir / f"cuts_{role}.jsonl.gz" for role in roles}
-    stamp_path = out_dir / "prepared.json"
-    stamp = {"roles": roles, "lowercase": lowercase, "on_bad_data": on_bad_data}
-    if (stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp
-            and all(p.is_file() for p in manifests.values())):
-        return manifests
     out_dir.mkdir(parents=True, exist_ok=True)
     for role, paths in roles.items():
+        settings = {"manifests": paths, "lowercase": lowercase, "on_bad_data": on_bad_data}
+        if is_prepared(manifests[role], settings):
+            continue
         cuts = CutSet.from_cuts(cut for path in paths for cut in manifest_cuts(path))
         if lowercase:
             cuts = _lowercased(cuts)
         cuts = checked_cuts(cuts, on_bad_data)
-        cuts.to_file(manifests[role])
+        write_prepared(cuts, manifests[role], settings)
         log.info("%s: %d cuts, %.1f h", role, len(cuts), sum(c.duration for c in cuts) / 3600)
-    stamp_path.write_text(json.dumps(stamp, indent=2))
     return manifests

@@ -16,7 +16,6 @@ each test split under its own name. Changing the split lists rewrites only the r
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from lhotse import CutSet
 
+from edge_conformer.data.corpora.prepared import is_prepared, write_prepared
 from edge_conformer.data.manifests import Utterance, build_cuts
 
 log = logging.getLogger(__name__)
@@ -100,17 +100,6 @@ def ensure_librispeech(corpus_dir: Path, splits: Sequence[str], download: bool) 
     download_librispeech(corpus_dir.parent, dataset_parts=missing)
 
 
-def _write_atomically(cuts: CutSet, path: Path) -> None:
-    # Ranks of a multi-node job may all prepare at once: never let one read a half-written file.
-    tmp = path.with_name(f".tmp.{path.name}")  # same suffix: lhotse picks gzip by it
-    cuts.to_file(tmp)
-    tmp.replace(path)
-
-
-def _combine(paths: Sequence[Path], target: Path) -> None:
-    _write_atomically(CutSet.from_files([str(p) for p in paths]), target)
-
-
 def prepare_librispeech(
     corpus_dir: str | Path,
     out_dir: str | Path,
@@ -130,27 +119,22 @@ def prepare_librispeech(
     roles = {"train": list(train_splits), "dev": list(dev_splits)}
     splits = list(dict.fromkeys([*roles["train"], *roles["dev"], *test_splits]))
     out_dir.mkdir(parents=True, exist_ok=True)
-    stamp_path = out_dir / "prepared.json"
     settings = {"corpus_dir": str(corpus_dir), "lowercase": lowercase, "on_bad_data": on_bad_data}
-    stamp = json.loads(stamp_path.read_text()) if stamp_path.is_file() else {}
-    if stamp.get("settings") != settings:
-        stamp = {"settings": settings, "splits": [], "roles": {}}
 
     manifests = {split: out_dir / f"cuts_{split}.jsonl.gz" for split in splits}
-    todo = [s for s in splits if s not in stamp["splits"] or not manifests[s].is_file()]
+    todo = [s for s in splits if not is_prepared(manifests[s], settings)]
     if todo:
         ensure_librispeech(corpus_dir, todo, download)
     for split in todo:
         cuts = split_cuts(corpus_dir / split, lowercase, on_bad_data, num_jobs)
-        _write_atomically(cuts, manifests[split])
-        stamp["splits"].append(split)
+        write_prepared(cuts, manifests[split], settings)
         log.info("LibriSpeech %s: %d utterances, %.1f h", split, len(cuts),
                  sum(c.duration for c in cuts) / 3600)
     for role, members in roles.items():
         manifests[role] = out_dir / f"cuts_{role}.jsonl.gz"
-        stale = set(members) & set(todo)
-        if stamp["roles"].get(role) != members or stale or not manifests[role].is_file():
-            _combine([manifests[s] for s in members], manifests[role])
-            stamp["roles"][role] = members
-    stamp_path.write_text(json.dumps(stamp, indent=2))
+        role_settings = {**settings, "splits": members}
+        rebuilt_member = set(members) & set(todo)
+        if rebuilt_member or not is_prepared(manifests[role], role_settings):
+            combined = CutSet.from_files([str(manifests[s]) for s in members])
+            write_prepared(combined, manifests[role], role_settings)
     return manifests
