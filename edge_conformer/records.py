@@ -225,8 +225,8 @@ class SetParity(Record):
 class ParitySection(Record):
     """One parity gate over the test sets: per-set results, and why it failed if it did.
 
-    Each way of running the package (window by window today, streaming next) gets a section of
-    its own, judged on its own.
+    Each package and the way it runs (model.mlpackage window by window, stream.mlpackage chunk
+    by chunk) gets a section of its own, judged on its own.
     """
 
     reasons: tuple[str, ...]  # empty when every test set passed
@@ -261,7 +261,7 @@ class ExportReport(Record):
     window: dict[str, float]  # as WindowSpec.describe gives it (frontend.json holds the same)
     coreml_runtime: str  # "run", or why the real runtime did not run
     package_bytes: int
-    convert_seconds: float  # checkpoint to package
+    convert_seconds: float  # checkpoint to package(s)
     export_seconds: float  # the whole export, parity included
     ops: dict[str, int]  # op count per op type in the package's program
     # The streaming package (stream.mlpackage) run chunk by chunk, judged on its own; both

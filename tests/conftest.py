@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
+
+from edge_conformer.model.norms import MADNorm
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EC_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -39,6 +43,19 @@ def small_digits(fsdd_dir: Path, tmp_path_factory) -> dict[str, Path]:
     return prepare_digits(fsdd_dir, out, **SMALL_DIGITS)
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, for tests of tiny tensors: a second thread only adds
+    synchronisation, which on a busy machine made the chunk loop (hundreds of small ops) 30x
+    slower. A module takes it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch  # here, not at the top: most test modules never need it
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def small_digits_overrides(data_dir: Path) -> list[str]:
     """train.py overrides for a seconds-long run on the small digits corpus."""
     return [
@@ -60,26 +77,50 @@ def small_digits_overrides(data_dir: Path) -> list[str]:
 
 
 # Enough steps for the tiny model to emit words (WER below 100%, not all blanks), so export parity
-# compares real transcripts rather than empty ones: about 40 s on two cores.
+# compares real transcripts rather than empty ones: about 40 s on two cores. An offline model
+# (the default xs streams): what the windowed package and the offline tools are tested on.
 TINY_RUN_OVERRIDES = [
     "trainer.max_steps=300", "trainer.val_check_interval=100", "optim.schedule.warmup_steps=30",
-    "optim.lr=5e-3",
+    "optim.lr=5e-3", "model.streaming.enabled=false", "model.conv_context=symmetric",
+    "data.features.normalize=utterance",
 ]
+
+
+def train_tiny_digits(name: str, tmp_path_factory, *overrides: str) -> Path:
+    """The run directory of a tiny model trained through train.py on the small digits corpus."""
+    data_dir = tmp_path_factory.mktemp(f"{name}_data")
+    run_dir = tmp_path_factory.mktemp(f"{name}_run")
+    cmd = [sys.executable, str(REPO / "train.py"), *small_digits_overrides(data_dir),
+           *overrides, f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if done.returncode:
+        pytest.fail(f"training the tiny {name} model failed:\n{done.stderr[-3000:]}")
+    return run_dir
 
 
 @pytest.fixture(scope="session")
 def trained_digits_run(fsdd_dir: Path, tmp_path_factory) -> Path:
     """The run directory of a tiny model trained through train.py on the small digits corpus,
     logged to W&B offline (so exports can update its run)."""
-    data_dir = tmp_path_factory.mktemp("trained_digits_data")
-    run_dir = tmp_path_factory.mktemp("trained_digits_run")
-    cmd = [sys.executable, str(REPO / "train.py"), *small_digits_overrides(data_dir),
-           *TINY_RUN_OVERRIDES, "logger=wandb", f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    if done.returncode:
-        pytest.fail(f"training the tiny digits model failed:\n{done.stderr[-3000:]}")
-    return run_dir
+    return train_tiny_digits("trained_digits", tmp_path_factory, *TINY_RUN_OVERRIDES,
+                             "logger=wandb")
+
+
+# A tiny model trained to stream (dynamic chunks, chunk-limited convolutions, global feature
+# statistics), for what needs a streamable checkpoint rather than a good one: 100 steps, about
+# 20 s of CPU. Its transcripts are mostly empty; its logits are what streaming parity compares.
+STREAMING_RUN_OVERRIDES = [
+    "model.streaming.enabled=true", "model.conv_context=chunk", "data.features.normalize=global",
+    "trainer.max_steps=100", "trainer.val_check_interval=100", "optim.schedule.warmup_steps=30",
+    "optim.lr=5e-3", "logger=csv",
+]
+
+
+@pytest.fixture(scope="session")
+def trained_streaming_run(fsdd_dir: Path, tmp_path_factory) -> Path:
+    """The run directory of a tiny streaming-trained model (STREAMING_RUN_OVERRIDES)."""
+    return train_tiny_digits("trained_streaming", tmp_path_factory, *STREAMING_RUN_OVERRIDES)
 
 
 # Export settings for the tiny test model. Windows of 2 s (0.5 s overlap): the 1.3-3 s
@@ -106,3 +147,16 @@ def digits_export(trained_digits_run: Path, tmp_path_factory) -> tuple:
     """(the completed export.py process, its out dir) for the tiny digits run, default gate."""
     out = tmp_path_factory.mktemp("exports") / "digits-tiny"
     return run_export(trained_digits_run, out), out
+
+
+def randomize_norms(model: torch.nn.Module) -> None:
+    """Give every norm and BatchNorm non-identity parameters and running statistics, so a test
+    comparing two graphs of the same weights cannot pass because those layers do nothing."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.LayerNorm, MADNorm, nn.BatchNorm1d)):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(std=0.1)
+            if isinstance(module, nn.BatchNorm1d):
+                module.running_mean.normal_(std=0.5)
+                module.running_var.uniform_(0.5, 2.0)

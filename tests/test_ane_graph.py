@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import randomize_norms
 from edge_conformer.export import (
     build_ane_model,
     convert_to_coreml,
     mil_op_histogram,
 )
 from edge_conformer.model import ConformerCTC
-from edge_conformer.model.norms import MADNorm
 from edge_conformer.model.subsampling import output_frames
 
 WINDOW = 64  # feature frames; 16 frames after 4x subsampling
@@ -40,14 +40,7 @@ def tiny_model(
         num_layers=num_layers, conv_kernel_size=7, subsampling=subsampling, norm=norm,
         dropout=0.0, conv_context=conv_context,
     )
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.LayerNorm, MADNorm, nn.BatchNorm1d)):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(std=0.1)
-            if isinstance(module, nn.BatchNorm1d):
-                module.running_mean.normal_(std=0.5)
-                module.running_var.uniform_(0.5, 2.0)
+    randomize_norms(model)
     return model.eval()
 
 

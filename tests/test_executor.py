@@ -376,3 +376,22 @@ def test_kernel_parameters_are_the_mil_op_inputs():
             assert all(
                 parameter.name not in spec or spec[parameter.name].optional for spec in specs
             ), (op_type, parameter.name)
+
+
+def test_small_and_large_arrays_round_to_fp16_alike() -> None:
+    """round_to_fp16 takes NumPy's cast below SMALL_ARRAY elements and torch's above: both must
+    give the same FP16 values, overflow, subnormals, ties and signed zeros included."""
+    from edge_conformer.mil.fp16 import SMALL_ARRAY, round_to_fp16
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([
+        rng.normal(scale=10.0 ** rng.uniform(-9, 6, 4000)).astype(np.float32),
+        np.float32([65504, 65520, 65519.99, -7e4, 2.0**-24, 2.0**-25, 3 * 2.0**-26, -0.0,
+                    1 + 2.0**-11, 1 + 3 * 2.0**-11, np.inf, -np.inf]),
+    ])
+    large = round_to_fp16(values)  # torch
+    small = np.concatenate([round_to_fp16(part) for part in np.array_split(values, 8)])
+    assert values.size > SMALL_ARRAY >= max(len(p) for p in np.array_split(values, 8))
+    np.testing.assert_array_equal(small, large)
+    np.testing.assert_array_equal(np.signbit(small), np.signbit(large))
+    assert round_to_fp16(np.float32(3.0)).shape == ()  # a scalar stays a scalar

@@ -11,6 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO, TEST_EXPORT, run_export
+from edge_conformer.config.schemas import ConfigError
+from edge_conformer.export import pipeline
 from edge_conformer.export.pipeline import ExportSettings, export_checkpoint
 from edge_conformer.export.publish import EXPORT_MARKER
 from edge_conformer.records import ExportReport
@@ -22,8 +24,10 @@ EXPORT_FILES = {"model.mlpackage", "tokenizer.model", "frontend.json", "parity.j
 
 
 def settings(**overrides) -> ExportSettings:
-    defaults = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "export" / "default.yaml"))
-    return ExportSettings(**{**defaults, **TEST_EXPORT, **overrides})
+    """conf/export/default.yaml with the test settings and `overrides`, as export.py reads it."""
+    defaults = OmegaConf.load(REPO / "conf" / "export" / "default.yaml")
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExportSettings), defaults,
+                                               TEST_EXPORT, overrides))
 
 
 def assert_parity_holds(report: ExportReport) -> None:
@@ -46,11 +50,13 @@ def test_export_publishes_a_package_that_passes_parity(digits_export) -> None:
     report = ExportReport.read(out / "parity.json")
     assert report.executor == "fp16-strict" and report.prenormalizer == "mad"
     assert_parity_holds(report)
+    assert report.streaming is None  # an offline model: no streaming package (auto)
     # The model emits words (not only blanks), so identical transcripts mean something.
     assert min(r.wer_fp32 for r in report.windowed.test_sets.values()) < 100
     assert report.ops["einsum"] > 0 and report.package_bytes > 0
     frontend = json.loads((out / "frontend.json").read_text())
     assert frontend["window"]["frames"] == 200 and frontend["blank_index"] == 0
+    assert "streaming" not in frontend
     assert "# Export parity: PASSED" in (out / "parity.md").read_text()
     assert no_staging_left(out.parent)
 
@@ -104,3 +110,58 @@ def test_unprotected_export_of_a_stressed_checkpoint_fails_and_publishes_nothing
         assert result["nonfinite"] > 0 and result["first_nonfinite_op"]
         assert result["logits_psnr_db"] is None or result["logits_psnr_db"] < 30
     assert no_staging_left(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The streaming package (export.streaming): a model trained to stream gets stream.mlpackage too
+
+
+@pytest.fixture(scope="module")
+def streaming_export(trained_streaming_run: Path, tmp_path_factory) -> tuple:
+    """(the completed export.py process, its out dir) for the tiny streaming run: auto."""
+    out = tmp_path_factory.mktemp("exports") / "streaming-tiny"
+    return run_export(trained_streaming_run, out), out
+
+
+def test_a_streaming_model_gets_a_streaming_package_gated_like_the_windowed_one(
+    streaming_export,
+) -> None:
+    done, out = streaming_export
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {p.name for p in out.iterdir()} == EXPORT_FILES | {"stream.mlpackage"}
+
+    streaming = json.loads((out / "frontend.json").read_text())["streaming"]
+    assert streaming["package"] == "stream.mlpackage" and streaming["conv_context"] == "chunk"
+    # export.streaming's defaults: 16 encoder frames (64 feature frames, 0.64 s), 64 left.
+    assert (streaming["chunk_frames"], streaming["left_frames"]) == (16, 64)
+    assert streaming["feature_frames_per_chunk"] == 64 and streaming["chunk_seconds"] == 0.64
+    assert streaming["inputs"]["key_cache"] == [1, 2 * 32, 1, 64]  # layers * d_model, left
+    assert streaming["caches"]["key_cache"] == {"shape": [1, 64, 1, 64], "output": "next_key_cache"}
+
+    report = ExportReport.read(out / "parity.json")
+    assert report.passed and report.windowed.passed and report.streaming.passed
+    assert json.loads((out / "parity.json").read_text())["streaming"]["passed"] is True
+    assert report.stream_package["chunk_frames"] == 16 and report.stream_package["bytes"] > 0
+    assert list(report.streaming.test_sets) == list(report.windowed.test_sets)
+    for name, result in report.streaming.test_sets.items():
+        assert result.utterances == 8 and result.nonfinite == 0 and result.identical == 1.0
+        assert result.logits_psnr_db >= 60  # FP16 rounding alone, chunk after chunk
+        assert result.wer_fp32 == report.windowed.test_sets[name].wer_fp32  # full context
+
+    title = "Streaming package (stream.mlpackage), chunk 16 frames (0.64 s), left 64 frames"
+    assert f"## {title} (2.56 s): PASSED" in (out / "parity.md").read_text()
+    printed = " ".join(done.stdout.split())
+    assert title in printed and "WER fp16 stream" in printed and "Windowed package" in printed
+
+
+def test_streaming_a_model_that_cannot_stream_is_refused_before_conversion(
+    trained_digits_run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    def must_not_convert(*args, **kwargs):
+        raise AssertionError("converted a package before refusing")
+
+    monkeypatch.setattr(pipeline, "_build_package", must_not_convert)
+    wanted = settings(wandb=False, streaming={"enabled": True})
+    with pytest.raises(ConfigError, match="model.conv_context=symmetric cannot stream"):
+        export_checkpoint(trained_digits_run, tmp_path / "out", wanted)
+    assert list(tmp_path.iterdir()) == []  # no package, no staging directory left

@@ -178,3 +178,22 @@ def test_records_import_without_torch_lightning_or_coremltools() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_results_table_shows_streaming_rates_only_for_streaming_runs() -> None:
+    from rich.console import Console
+
+    from edge_conformer.records import ErrorRates
+    from edge_conformer.training.results import results_table
+
+    def rendered(results) -> str:
+        console = Console(width=120, record=True)
+        console.print(results_table(results))
+        return console.export_text()
+
+    assert "streaming" not in rendered(run_results())
+    streamed = run_results(test={
+        "test": ErrorRates(wer=2.0, cer=1.0, utterances=8, wer_stream=2.5, cer_stream=1.25),
+    })
+    text = rendered(streamed)
+    assert "WER % streaming" in text and "2.50" in text and "1.25" in text

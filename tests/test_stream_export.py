@@ -16,13 +16,13 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import randomize_norms
 from edge_conformer.data.features import FeatureSettings, FeatureStats, LogMelFeatures
 from edge_conformer.export.convert import convert_stream_to_coreml, mil_op_histogram
 from edge_conformer.export.stream_graph import AneStreamingConformerCTC, build_stream_model
 from edge_conformer.mil.executor import PackageExecutor
 from edge_conformer.mil.package import load_program
 from edge_conformer.model import ConformerCTC
-from edge_conformer.model.norms import MADNorm
 from edge_conformer.model.streaming import ChunkContext, StreamingState, stream_logits
 from edge_conformer.runtime.frontend import StreamingLogMel
 from edge_conformer.runtime.stream_package import (
@@ -66,14 +66,7 @@ def make_model(setting: str) -> tuple[ConformerCTC, ChunkContext]:
         conv_kernel_size=kernel, conv_context=conv_context, subsampling=subsampling, norm=norm,
         dropout=0.0,
     )
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.LayerNorm, MADNorm, nn.BatchNorm1d)):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(std=0.1)
-            if isinstance(module, nn.BatchNorm1d):
-                module.running_mean.normal_(std=0.5)
-                module.running_var.uniform_(0.5, 2.0)
+    randomize_norms(model)
     return model.eval(), ChunkContext(chunk, left)
 
 

@@ -49,14 +49,7 @@ LIBRISPEECH_FLAC = LIBRISPEECH_DIR / "test-other" / "3005" / "163389" / "3005-16
 DIGIT_WORDS = "zero one two three four five six seven eight nine oh".split()
 MODEL = {"d_model": 32, "num_heads": 2, "num_layers": 2, "conv_kernel_size": 15}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +59,12 @@ def tokenizer(tmp_path_factory) -> Tokenizer:
     return train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "tokenizer.model", 24)
 
 
-def make_model(vocab_size: int, conv_context: str = "chunk") -> ConformerCTC:
+def make_model(vocab_size: int, conv_context: str = "chunk", **sizes: int) -> ConformerCTC:
     """Random weights, with a head scaled up so that frames disagree on their best class (a
     head of small weights would make nearly every frame pick the same one)."""
     torch.manual_seed(0)
-    model = ConformerCTC(vocab_size, feat_dim=80, conv_context=conv_context, **MODEL)
+    model = ConformerCTC(vocab_size, feat_dim=80, conv_context=conv_context,
+                         **{**MODEL, **sizes})
     with torch.no_grad():
         model.head.weight.mul_(8.0)
     return model.eval()
@@ -135,6 +129,20 @@ def test_streamed_transcript_is_the_chunk_loops(tokenizer, normalize, corpus, ch
         for tokens in partials:
             assert tokens == expected[: len(tokens)]
         assert recognizer.text == "" and recognizer.audio_seconds == 0
+
+
+def test_streams_too_short_for_a_frame_have_empty_transcripts(tokenizer):
+    """At most n_fft / 2 samples (256 at 16 kHz) make no frame: no speech, no error."""
+    model, context = make_model(tokenizer.vocab_size), ChunkContext(4, 8)
+    features = front_end("none")
+    recognizer = StreamingRecognizer(features, tokenizer, TorchChunks(model, context), "test")
+    assert recognizer.finish() == ""
+    assert recognizer.accept(torch.randn(256)) is None
+    assert recognizer.finish() == ""
+    one_frame = torch.randn(257)  # the stream's last, partial chunk is its only one
+    recognizer.accept(one_frame)
+    expected = chunk_loop_tokens(model, features, one_frame, context)
+    assert recognizer.finish() == tokenizer.decode(expected)
 
 
 def test_a_long_stream_keeps_bounded_buffers(tokenizer):
@@ -285,8 +293,10 @@ def test_an_export_without_a_streaming_package_is_refused(tokenizer, tmp_path):
 @pytest.mark.slow
 def test_exported_stream_package_streams_in_the_executor(tokenizer, tmp_path):
     """stream.mlpackage (converted in FP32) in the executor's fp32 mode, through the export
-    directory: the transcript of the PyTorch chunk loop, partials prefixes of it."""
-    model, context = make_model(tokenizer.vocab_size), ChunkContext(4, 8)
+    directory: the transcript of the PyTorch chunk loop, partials prefixes of it. One layer:
+    conversion time grows with the op count (20 s for one layer on a busy CI core)."""
+    model = make_model(tokenizer.vocab_size, num_layers=1, conv_kernel_size=7)
+    context = ChunkContext(4, 8)
     export_dir = write_export_dir(tmp_path / "export", tokenizer, model, context)
     convert_stream_to_coreml(
         build_stream_model(model, context), export_dir / STREAM_PACKAGE_DIR, precision="fp32"

@@ -319,7 +319,7 @@ def _report(
         window=window.describe(loaded.features.settings.frames_per_second),
         coreml_runtime="run" if COREML_AVAILABLE else COREML_UNAVAILABLE_NOTE,
         package_bytes=_package_bytes(package),
-        convert_seconds=round(convert_seconds, 2),  # checkpoint to package
+        convert_seconds=round(convert_seconds, 2),  # checkpoint to package(s)
         export_seconds=round(export_seconds, 2),  # parity included
         ops=ops,
     )
@@ -353,8 +353,8 @@ def export_checkpoint(
         bundle = load_bundle(staging)  # read back as any user of the directory will read it
         test_sets = _test_cuts(loaded, settings)
         windowed, ops = _check_parity(loaded, settings, bundle, test_sets, progress)
-        streaming = _check_stream_parity(loaded, settings, bundle, test_sets, progress) \
-            if context is not None else None
+        streaming = (_check_stream_parity(loaded, settings, bundle, test_sets, progress)
+                     if context is not None else None)
         report = _report(loaded, settings, window, package, windowed, ops, convert_seconds,
                          export_seconds=time.perf_counter() - started)
         if streaming is not None:
@@ -380,14 +380,13 @@ def parity_tables(report: ExportReport) -> Group:
     verdict = "[green]PASSED[/green]" if report.passed else "[red]FAILED[/red]"
     tables = []
     for labels, section in report_sections(report):
-        table = Table(title=section_title(labels, section, report), title_justify="left")
+        # No outer border: the streaming table's columns then fit 120 columns unwrapped.
+        table = Table(title=section_title(labels, section, report), title_justify="left",
+                      show_edge=False)
         for column in table_columns(labels):
             table.add_column(column, justify="left" if column == "test set" else "right")
         for row in parity_rows(section):
             table.add_row(*row)
         tables.append(table)
-    return Group(
-        f"Export parity {verdict} (WER in %; executor {report.executor}; Core ML runtime: "
-        f"{report.coreml_runtime})",
-        *tables,
-    )
+    tables[-1].caption = f"Core ML runtime: {report.coreml_runtime}"
+    return Group(f"Export parity {verdict} (executor {report.executor}; WER in %)", *tables)

@@ -36,14 +36,14 @@ def streaming_context(
     trained = bool(model["streaming"]["enabled"])
     if knobs.enabled is False or (knobs.enabled == "auto" and not trained):
         return None
-    if knobs.enabled == "auto" and model["conv_context"] == "symmetric":
-        # Trained under chunk masks, but its convolutions look ahead: it cannot stream.
-        log.warning("no streaming package: model.conv_context=symmetric is not streamable "
-                    "(export.streaming.enabled=auto)")
-        return None
     try:
         check_streamable(source, model["conv_context"], config["data"]["features"]["normalize"])
     except UserInputError as error:
+        if knobs.enabled == "auto":
+            # Trained under chunk masks, but its convolutions look ahead or its features are
+            # normalised per utterance: "auto" exports what can be exported, and says why.
+            log.warning("no streaming package (export.streaming.enabled=auto): %s", error)
+            return None
         raise ConfigError(f"{error}; {DISABLE_HINT}") from None
     context = _chunk_context(knobs, model["streaming"])
     if not trained:

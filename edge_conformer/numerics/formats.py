@@ -114,16 +114,20 @@ def accumulate_sum(
     kept_shape = [size for axis, size in enumerate(x.shape) if axis not in dims]
     front = tuple(range(len(dims)))
     terms = x.movedim(dims, front).reshape(-1, *kept_shape).to(fmt.dtype).contiguous()
-    # NumPy steps through rows several times faster than torch; it has no bfloat16.
-    rows = terms.numpy() if fmt.dtype in _NUMPY_DTYPES else terms
-    total = rows[0] * 1  # a copy, in either library, that keeps -0.0
     # Overflow to inf (and inf - inf = nan) is part of the model, not an error to warn about.
     with np.errstate(over="ignore", invalid="ignore"):
-        for row in rows[1:]:
-            # One correctly rounded addition in fmt: both libraries add fp16/bf16 in fp32 and
-            # round once, and fp32's 24 significant bits are at least 2 (t + 1) + 2 for both
-            # (innocuous double rounding).
-            total += row
+        if fmt.dtype in _NUMPY_DTYPES:
+            # NumPy's accumulate is a running sum, strictly in order (unlike its pairwise
+            # reductions), each step one correctly rounded addition in fmt: the loop below in
+            # one vectorised call, several times faster for the short rows of a package.
+            total = np.add.accumulate(terms.numpy(), axis=0)[-1]
+        else:  # NumPy has no bfloat16
+            total = terms[0] * 1  # a copy that keeps -0.0
+            for row in terms[1:]:
+                # One correctly rounded addition in fmt: torch adds bf16 in fp32 and rounds
+                # once, and fp32's 24 significant bits are at least 2 (t + 1) + 2 (innocuous
+                # double rounding).
+                total += row
     total = torch.as_tensor(total).to(x.dtype)
     return total.reshape(_kept_dims_shape(x, dims)) if keepdim else total
 

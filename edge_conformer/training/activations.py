@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-FP16_MAX = 65504.0
+from edge_conformer.numerics.formats import FP16
 
 
 class ActivationMaxAbs:
@@ -36,5 +36,5 @@ class ActivationMaxAbs:
         peak = max(self.values.values())
         out = {f"act_maxabs/{k}": v for k, v in self.values.items()}
         out["act_maxabs/max"] = peak
-        out["act_maxabs/fp16_headroom"] = FP16_MAX / max(peak, 1e-30)
+        out["act_maxabs/fp16_headroom"] = FP16.max_finite / max(peak, 1e-30)
         return out
