@@ -19,7 +19,7 @@ from edge_conformer.data.features import LogMelFeatures
 from edge_conformer.data.tokenizer import Tokenizer
 from edge_conformer.errors import UserInputError, one_line, read_json
 from edge_conformer.model import ConformerCTC, build_model
-from edge_conformer.records import RESULTS_JSON, RUN_ID_FILE
+from edge_conformer.records import RESULTS_JSON, read_run_id
 
 STATE_PREFIX = "model."  # the LightningModule holds the ConformerCTC as `self.model`
 TOKENIZER_FILE = "tokenizer.model"
@@ -43,8 +43,7 @@ class LoadedCheckpoint:
     @property
     def wandb_run_id(self) -> str | None:
         """The run's W&B id, if it was logged to W&B (see training/loggers.py)."""
-        id_file = self.run_dir / RUN_ID_FILE
-        return id_file.read_text().strip() if id_file.is_file() else None
+        return read_run_id(self.run_dir)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
