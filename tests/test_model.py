@@ -1,9 +1,19 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import REPO
-from edge_conformer.model import ConformerCTC, build_model, count_parameters
+from conftest import REPO, randomize_norms
+from edge_conformer.model import (
+    ChunkContext,
+    ConformerBlock,
+    ConformerCTC,
+    build_model,
+    count_parameters,
+)
+from edge_conformer.model.rotary import rotary_tables
+from edge_conformer.model.streaming import chunk_attention_mask
 from edge_conformer.model.subsampling import subsampled_lengths
 
 VARIANTS = [(s, n) for s in ("regular", "depthwise") for n in ("l2", "mad")]
@@ -70,3 +80,70 @@ def test_model_configs_build_with_their_streaming_block():
     cfg = model_config("xs", "model.conv_context=chunk", "model.streaming.enabled=true")
     model = build_model(cfg, 32, 80)
     assert model.conv_context == "chunk" and model.conv_cache_frames == 15
+
+
+def textbook_branches(block, x, padding, mask):
+    """The block's attention and convolution branches written plainly: three projections,
+    rotate_half by concat, explicit softmax; Conv1d modules on channels-first copies. The model
+    computes them in a faster layout (fused projections, channels-last convolutions)."""
+    batch, frames, _ = x.shape
+    attn, conv = block.attn, block.conv
+    cos, sin = rotary_tables(frames, attn.head_dim)
+
+    def heads(y):
+        return y.view(batch, frames, attn.num_heads, attn.head_dim).transpose(1, 2)
+
+    def rotate(y):
+        first, second = y.chunk(2, dim=-1)
+        return y * cos + torch.cat([-second, first], dim=-1) * sin
+
+    q, k = rotate(heads(attn.q_proj(x))), rotate(heads(attn.k_proj(x)))
+    scores = (q @ k.transpose(-1, -2) / attn.head_dim**0.5).masked_fill(~mask, float("-inf"))
+    context = (scores.softmax(-1) @ heads(attn.v_proj(x))).transpose(1, 2).reshape(x.shape)
+    h = F.glu(conv.pointwise1(x.transpose(1, 2)), dim=1).masked_fill(padding[:, None], 0.0)
+    h = conv.pointwise2(F.silu(conv.batch_norm(conv.depthwise(h))))
+    return attn.out_proj(context), h.transpose(1, 2)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_block_branches_compute_the_textbook_conformer(training):
+    """Same function and same gradients as the plain formulation, at full context and under
+    a chunk mask, in eval (running statistics) and training (batch statistics) mode."""
+    torch.manual_seed(0)
+    block = ConformerBlock(32, 4, 128, 7, "l2", dropout=0.0).train(training)
+    randomize_norms(block)
+    padding = torch.arange(19)[None, :] >= torch.tensor([19, 11])[:, None]
+    for context in (None, ChunkContext(4, 4)):
+        mask = chunk_attention_mask(padding, context)
+        x = torch.randn(2, 19, 32, requires_grad=True)
+        got = (block.attn(x, mask), block.conv(x, padding))
+        want = textbook_branches(block, x, padding, mask)
+        for ours, plain in zip(got, want):
+            torch.testing.assert_close(ours, plain, atol=1e-5, rtol=1e-5)
+            grads = [torch.autograd.grad(y.square().sum(), [x, *block.parameters()],
+                                         allow_unused=True) for y in (ours, plain)]
+            # Absolute tolerance on the largest gradient's scale: in training the depthwise
+            # bias's true gradient is zero (BatchNorm removes it), both sides hold rounding.
+            scale = max(g.abs().max() for g in grads[1] if g is not None)
+            for g_ours, g_plain in zip(*grads):
+                if g_plain is not None:
+                    torch.testing.assert_close(g_ours, g_plain, atol=1e-5 * scale, rtol=1e-4)
+
+
+def subsampling_share(model: ConformerCTC, seconds: float = 10.0) -> float:
+    frames = int(seconds * 100)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.randn(1, frames, 80), torch.tensor([frames]))
+    return sum(counter.get_flop_counts()["ConformerCTC.subsampling"].values()) / (
+        counter.get_total_flops())
+
+
+def test_subsampling_channels_narrow_the_front_to_the_papers_share():
+    """docs/model.md: model.subsampling_channels=16 brings xs's depthwise subsampling from a
+    quarter of the FLOPs to the paper's 4 %; only the front narrows."""
+    default = build_model(model_config("xs"), 256, 80).eval()
+    narrow = build_model(model_config("xs", "model.subsampling_channels=16"), 256, 80).eval()
+    assert narrow.subsampling.conv1.out_channels == 16 and narrow.d_model == default.d_model
+    assert narrow.subsampling.out.in_features == 16 * 20  # 80 mel bins / 4
+    assert subsampling_share(default) > 0.2 and subsampling_share(narrow) <= 0.04

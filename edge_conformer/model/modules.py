@@ -22,6 +22,31 @@ class FeedForward(nn.Module):
 CONV_CONTEXTS = ("symmetric", "chunk", "causal")
 
 
+def depthwise_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int = 0
+) -> torch.Tensor:
+    """Depthwise Conv1d of (B, C, T) with (C, 1, k) weights, zero `padding` on both sides.
+
+    Run as a (1, k) Conv2d on (B, C, 1, T): when x is a (B, C, T) view of (B, T, C) memory
+    (what `ConvolutionModule._depthwise_inputs` returns), that is the channels-last layout,
+    where oneDNN's depthwise kernel is several times faster than Conv1d's channels-first one
+    and gives the same sums. The result keeps that layout.
+    """
+    out = nn.functional.conv2d(
+        x.unsqueeze(2), weight.unsqueeze(2), bias, padding=(0, padding), groups=weight.shape[0]
+    )
+    return out.squeeze(2)
+
+
+class FrameBatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d (same parameters and statistics) that also takes (B, C, 1, T) input, so a
+    channels-last depthwise output is normalised in place of being copied channels-first."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() not in (2, 3, 4):
+            raise ValueError(f"expected 2D, 3D or 4D input (got {input.dim()}D input)")
+
+
 class ConvolutionModule(nn.Module):
     """Pointwise (2C) -> GLU -> depthwise (kernel k) -> BatchNorm -> Swish -> pointwise.
 
@@ -46,7 +71,7 @@ class ConvolutionModule(nn.Module):
         self.depthwise = nn.Conv1d(
             d_model, d_model, kernel_size, padding=kernel_size // 2, groups=d_model
         )
-        self.batch_norm = nn.BatchNorm1d(d_model)
+        self.batch_norm = FrameBatchNorm(d_model)
         self.pointwise2 = nn.Conv1d(d_model, d_model, kernel_size=1)
 
     @property
@@ -65,7 +90,8 @@ class ConvolutionModule(nn.Module):
         elif self.context == "chunk" and chunk_frames is not None and chunk_frames < x.shape[2]:
             x = self._chunked_depthwise(x, chunk_frames)
         else:
-            x = self.depthwise(x)
+            conv = self.depthwise
+            x = depthwise_conv(x, conv.weight, conv.bias, padding=conv.padding[0])
         return self._outputs(x)
 
     def forward_chunk(
@@ -83,19 +109,27 @@ class ConvolutionModule(nn.Module):
 
         Padded frames are zeroed right before the depthwise conv (after GLU, which would turn
         zeros into glu(bias)), so its window at an utterance's end sees what it would see
-        with no padding at all.
+        with no padding at all. The result is a (B, C, T) view of (B, T, C) memory: the
+        pointwise conv is a Linear over the channels (no transposed copy), and the depthwise
+        conv runs channels-last on it (see `depthwise_conv`).
         """
-        x = nn.functional.glu(self.pointwise1(x.transpose(1, 2)), dim=1)
-        return x.masked_fill(padding[:, None, :], 0.0)
+        pointwise = self.pointwise1
+        x = nn.functional.glu(nn.functional.linear(x, pointwise.weight[:, :, 0], pointwise.bias))
+        return x.masked_fill_(padding[:, :, None], 0.0).transpose(1, 2)  # GLU keeps no output
 
     def _outputs(self, x: torch.Tensor) -> torch.Tensor:
-        """Depthwise conv output (B, C, T) -> BatchNorm -> Swish -> pointwise -> (B, T, C)."""
-        return self.pointwise2(nn.functional.silu(self.batch_norm(x))).transpose(1, 2)
+        """Depthwise conv output (B, C, T) -> BatchNorm -> Swish -> pointwise -> (B, T, C).
+
+        BatchNorm and Swish run on the 4-D (B, C, 1, T) view, which keeps the channels-last
+        layout (a 3-D BatchNorm would copy it to channels-first), and the pointwise conv is a
+        Linear over the channels of the (B, T, C) view."""
+        x = nn.functional.silu(self.batch_norm(x.unsqueeze(2))).squeeze(2).transpose(1, 2)
+        pointwise = self.pointwise2
+        return nn.functional.linear(x, pointwise.weight[:, :, 0], pointwise.bias)
 
     def _depthwise_unpadded(self, x: torch.Tensor) -> torch.Tensor:
         """The depthwise conv with no padding: the caller padded (or cached) the context."""
-        conv = self.depthwise
-        return nn.functional.conv1d(x, conv.weight, conv.bias, groups=conv.groups)
+        return depthwise_conv(x, self.depthwise.weight, self.depthwise.bias)
 
     def _chunked_depthwise(self, x: torch.Tensor, chunk_frames: int) -> torch.Tensor:
         """The `chunk` context over a whole sequence (B, C, T) in two convs: the past taps (and
@@ -105,9 +139,8 @@ class ConvolutionModule(nn.Module):
         that many future taps can be non-zero: small chunks cost no more than large ones."""
         conv, half = self.depthwise, self.depthwise.kernel_size[0] // 2
         batch, channels, frames = x.shape
-        past = nn.functional.conv1d(
-            nn.functional.pad(x, (half, 0)), conv.weight[..., : half + 1], conv.bias,
-            groups=conv.groups,
+        past = depthwise_conv(
+            nn.functional.pad(x, (half, 0)), conv.weight[..., : half + 1], conv.bias
         )
         taps = min(half, chunk_frames - 1)
         if taps == 0:

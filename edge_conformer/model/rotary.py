@@ -24,12 +24,16 @@ def rotary_tables(
     return angles.cos(), angles.sin()
 
 
-def rotate_half(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """[x1, x2] -> [-x2, x1] along `dim` (split in two halves)."""
-    x1, x2 = x.chunk(2, dim=dim)
-    return torch.cat([-x2, x1], dim=dim)
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """The sin table with its first half negated, for `apply_rotary`."""
+    half = sin.shape[-1] // 2
+    return torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (..., T, head_dim) queries or keys by their frame position."""
-    return x * cos + rotate_half(x) * sin
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """Rotate queries or keys (..., head_dim) by their frame position: x * cos +
+    rotate_half(x) * sin with rotate_half([x1, x2]) = [-x2, x1]. The tables (`signed_sin` for
+    the sine) broadcast against x. Written as roll([x1, x2]) = [x2, x1] times the signed sine,
+    the sign rides on the table: one copy of x instead of a negation and a concat, and the
+    same products exactly, since -(a) * b == a * (-b) in floating point."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
