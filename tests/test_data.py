@@ -46,6 +46,25 @@ def test_digits_utterances_are_real_connected_digits(small_digits):
     assert np.abs(audio).max() > 0.05  # real speech, not silence
 
 
+def test_each_digit_word_is_aligned_to_its_take_in_the_spliced_audio(small_digits, fsdd_dir):
+    """A word's span holds exactly one of its speaker's FSDD takes of that digit; outside the
+    spans there are only the spliced silences."""
+    for cut in CutSet.from_file(small_digits["test"]).subset(first=3):
+        audio = cut.load_audio()[0]
+        supervision = cut.supervisions[0]
+        words = supervision.alignment["word"]
+        assert " ".join(w.symbol for w in words) == supervision.text
+        inside = np.zeros(len(audio), dtype=bool)
+        for word in words:
+            first = round(word.start * 8000)
+            span = audio[first:first + round(word.duration * 8000)]
+            digit = DIGIT_WORDS.index(word.symbol)
+            takes = (fsdd_dir / "recordings").glob(f"{digit}_{supervision.speaker}_*.wav")
+            assert any(np.array_equal(sf.read(str(t), dtype="float32")[0], span) for t in takes)
+            inside[first:first + len(span)] = True
+        assert not audio[~inside].any()
+
+
 def test_test_split_uses_only_fsdd_test_takes(fsdd_dir):
     """Takes index 0-4 are FSDD's own test split: `test` uses only them, `train` never."""
     takes = scan_takes(fsdd_dir)

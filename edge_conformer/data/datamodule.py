@@ -12,6 +12,7 @@ from lhotse import CutSet
 from lhotse.dataset import DynamicBucketingSampler, IterableDatasetWrapper
 
 from edge_conformer.config import ConfigError
+from edge_conformer.data.augment import AugmentSettings, WaveformAugment
 from edge_conformer.data.dataset import AsrDataset
 from edge_conformer.data.feature_stats import training_feature_stats
 from edge_conformer.data.features import FeatureSettings, LogMelFeatures, SpecAugment
@@ -89,6 +90,7 @@ class SpeechDataModule(L.LightningDataModule):
         features: dict,
         spec_augment: dict | None,
         max_duration: float,
+        augment: dict | None = None,
         num_buckets: int = 10,
         num_workers: int = 2,
         seed: int = 0,
@@ -103,7 +105,8 @@ class SpeechDataModule(L.LightningDataModule):
 
         `precompute_features` stores features once (lhotse storage `feature_writer`) instead
         of computing them in the loader; `shar_dir` trains from lhotse Shar shards written
-        there (see edge_conformer/data/storage.py)."""
+        there (see edge_conformer/data/storage.py). `augment` (data.augment) perturbs the
+        training audio before features (edge_conformer/data/augment.py)."""
         super().__init__()
         self.corpus_location = corpus_location
         self.name = name
@@ -117,6 +120,9 @@ class SpeechDataModule(L.LightningDataModule):
         # Built by prepare_data: global normalisation needs the training split's statistics.
         self.features: LogMelFeatures | None = None
         self.spec_augment = SpecAugment(**spec_augment) if spec_augment else None
+        augment_settings = AugmentSettings.from_config(augment)
+        self.augment = (WaveformAugment(augment_settings, self.feature_settings.sample_rate)
+                        if augment_settings else None)
         self.max_duration = max_duration
         self.num_buckets = num_buckets
         self.num_workers = num_workers
@@ -139,6 +145,7 @@ class SpeechDataModule(L.LightningDataModule):
         """Prepare manifests (idempotent), train the tokenizer on the training texts and build
         the front end (measuring the training split's feature statistics if it needs them)."""
         self.manifests = self.prepare(out_dir=self.data_dir)
+        self._drop_unprepared_test_splits()
         train_manifest = self.manifests[self.train_split]
         # A tokenizer older than the training manifest was trained on other texts: retrain.
         if (self.tokenizer_path.is_file()
@@ -164,13 +171,22 @@ class SpeechDataModule(L.LightningDataModule):
         if self.shar_dir:
             write_shar(self.manifests[self.train_split], self.shar_dir, self.shar_shard_size)
 
+    def _drop_unprepared_test_splits(self) -> None:
+        """Test only the test splits the preparer wrote: an optional one (digits' new_voices
+        without a synthesiser) is left out, and the preparer has said why."""
+        missing = [name for name in self.test_splits if name not in self.manifests]
+        if missing:
+            log.warning("data.test_splits: %s not prepared, not tested", ", ".join(missing))
+            self.test_splits = [name for name in self.test_splits if name in self.manifests]
+
     def setup(self, stage: str | None = None) -> None:
         if not self.manifests or self.tokenizer is None:
             self.prepare_data()
 
     def _dataset(self, train: bool) -> AsrDataset:
         return AsrDataset(
-            self.features, self.tokenizer, self.spec_augment if train else None, self.seed
+            self.features, self.tokenizer, self.spec_augment if train else None, self.seed,
+            self.augment if train else None,
         )
 
     def _sampler(self, split: str, train: bool) -> DynamicBucketingSampler:

@@ -10,6 +10,7 @@ from lhotse import CutSet
 from torch.nn.utils.rnn import pad_sequence
 
 from edge_conformer.data.audio import BadAudioError, to_mono
+from edge_conformer.data.augment import WaveformAugment
 from edge_conformer.data.features import LogMelFeatures, SpecAugment
 from edge_conformer.data.manifests import cut_text
 from edge_conformer.data.tokenizer import Tokenizer
@@ -39,7 +40,8 @@ def load_cut_audio(cut, sample_rate: int) -> torch.Tensor:
 
 
 class AsrDataset(torch.utils.data.Dataset):
-    """Loads, resamples, down-mixes, featurises and (in training) augments a batch of cuts.
+    """Loads, resamples, down-mixes, (in training) augments the audio, featurises and
+    (in training) masks the features of a batch of cuts.
 
     Cuts whose audio or transcript turns out unusable at load time are skipped with a warning
     that names the file; the batch reports how many were skipped so training can count them.
@@ -51,10 +53,12 @@ class AsrDataset(torch.utils.data.Dataset):
         tokenizer: Tokenizer,
         spec_augment: SpecAugment | None = None,
         seed: int = 0,
+        augment: WaveformAugment | None = None,
     ) -> None:
         self.features = features
         self.tokenizer = tokenizer
         self.spec_augment = spec_augment
+        self.augment = augment
         self.seed = seed
         self.epoch = 0
 
@@ -71,7 +75,10 @@ class AsrDataset(torch.utils.data.Dataset):
         if cut.has_features:  # stored by the datamodule (data.precompute_features=true)
             feats = torch.from_numpy(cut.load_features())
         else:
-            feats = self.features(load_cut_audio(cut, self.features.sample_rate), generator)
+            waveform = load_cut_audio(cut, self.features.sample_rate)
+            if self.augment is not None:
+                waveform = self.augment(waveform, generator)
+            feats = self.features(waveform, generator)
         if self.spec_augment is not None:
             feats = self.spec_augment(feats, generator)
         return feats, self.tokenizer.encode(text), text

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
+from lhotse.supervision import AlignmentItem
 
 from edge_conformer.data.audio import BadAudioError, check_audio_file
 
@@ -31,6 +32,9 @@ class Utterance:
     audio_path: Path
     text: str | None
     speaker: str | None = None
+    # Where each word lies in the audio (seconds), where the preparer knows it: the
+    # supervision's alignment["word"].
+    words: tuple[AlignmentItem, ...] = ()
 
 
 def _checked_recording(utt: Utterance) -> Recording:
@@ -59,6 +63,7 @@ def build_cuts(utterances: Iterable[Utterance], on_bad_data: str = "skip") -> Cu
             SupervisionSegment(
                 id=utt.utt_id, recording_id=utt.utt_id, start=0.0,
                 duration=recording.duration, text=utt.text.strip(), speaker=utt.speaker,
+                alignment={"word": list(utt.words)} if utt.words else None,
             )
         )
     if skipped:
