@@ -1,4 +1,5 @@
-# make demo : set up .venv, prepare the digits corpus, train, evaluate, print the results.
+# make demo : set up .venv, prepare the digits corpus, train, evaluate, export, and build the
+#             beam search's lexicon and LM (data/digits/lm/).
 # make test : set up .venv, run the whole test suite (slow end-to-end tests included).
 PYTHON ?= python3
 VENV ?= .venv
@@ -24,6 +25,7 @@ DEMO_EXPORT := exports/digits-xs
 demo: setup
 	$(PY) train.py $(DEMO_ARGS)
 	$(PY) export.py ckpt=$(DEMO_RUN) out=$(DEMO_EXPORT)
+	$(PY) tools/build_lm.py --model $(DEMO_RUN) --transcripts data/digits/cuts_train.jsonl.gz
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

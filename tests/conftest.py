@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 import torch
 from torch import nn
 
+from edge_conformer.data.corpora.digits import DIGIT_WORDS
+from edge_conformer.data.tokenizer import Tokenizer, train_tokenizer
 from edge_conformer.model.norms import MADNorm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +28,9 @@ os.environ.setdefault("WANDB_SILENT", "true")
 SMALL_DIGITS = {
     "num_train": 48, "num_dev": 8, "num_test": 8, "num_unseen": 8,
     "min_digits": 2, "max_digits": 4,
+    # No synthesised new_voices split (tests/test_new_voices.py builds its own): it would add
+    # seconds to every preparation and a third test set to every tiny run and export.
+    "num_new_voices": 0,
 }
 
 
@@ -62,6 +68,7 @@ def small_digits_overrides(data_dir: Path) -> list[str]:
         f"data.fsdd_dir={FSDD_DIR}",
         f"data.data_dir={data_dir}",
         *[f"data.prepare.{k}={v}" for k, v in SMALL_DIGITS.items()],
+        "data.test_splits=[test,unseen_speaker]",
         "data.num_workers=0",
         "data.max_duration=20",
         # Few buckets: 48 short utterances in 10 buckets leave each bucket under one
@@ -160,3 +167,24 @@ def randomize_norms(model: torch.nn.Module) -> None:
             if isinstance(module, nn.BatchNorm1d):
                 module.running_mean.normal_(std=0.5)
                 module.running_var.uniform_(0.5, 2.0)
+
+
+@pytest.fixture(scope="session")
+def digits_tokenizer(tmp_path_factory) -> Tokenizer:
+    """(tests/test_beam.py, test_timestamps.py) SentencePiece unigram on digit strings, as
+    the digits recipe's: the ten words are whole pieces, any other word is spelled "▁" and
+    letters."""
+    rng = random.Random(0)
+    texts = [" ".join(rng.choices(DIGIT_WORDS, k=rng.randint(2, 8))) for _ in range(300)]
+    return train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "digits.model", 32)
+
+
+def log_probs(tokenizer: Tokenizer, frames: list[dict[str, float]]) -> torch.Tensor:
+    """CTC log-probabilities (frames, vocab + 1): each frame's pieces with their posteriors,
+    the rest of its mass on the blank, a trace on every other class."""
+    probs = torch.full((len(frames), tokenizer.vocab_size + 1), 1e-6)
+    for t, frame in enumerate(frames):
+        for piece, p in frame.items():
+            probs[t, tokenizer.sp.piece_to_id(piece) + 1] = p
+        probs[t, 0] = 1 - sum(frame.values())
+    return (probs / probs.sum(-1, keepdim=True)).log()

@@ -27,9 +27,12 @@ CONV_CONTEXTS = ("symmetric", "chunk", "causal")  # edge_conformer/model/modules
 FEATURE_NORMALIZATIONS = ("utterance", "global", "none")  # edge_conformer/data/features.py
 TOKENIZER_TYPES = ("unigram", "bpe", "char", "word")  # sentencepiece's model types
 BAD_DATA_POLICIES = ("skip", "error")  # edge_conformer/data/corpora/*
+NOISE_COLORS = ("white", "pink", "brown")  # edge_conformer/data/augment.py
 PRENORMALIZERS = ("none", "maxabs", "mad")  # edge_conformer/numerics/prenorm.py
 # The executor's fp32 mode checks the executor itself: as a gate it would prove nothing of FP16.
 GATE_EXECUTOR_MODES = ("fp16", "fp16-strict")
+# export.compress: edge_conformer/export/compress.py (its LEVELS, then "auto").
+COMPRESSIONS = ("none", "int8", "palettize8", "palettize6", "palettize4", "auto")
 
 
 class ConfigError(UserInputError, ValueError):
@@ -167,6 +170,77 @@ class SpecAugmentConfig:
         require_share("time_width", self.time_width)
 
 
+def require_range(key: str, value: Sequence[float], low: float) -> None:
+    """A [low_end, high_end] pair with low <= low_end <= high_end."""
+    pair = list(value)
+    require(len(pair) == 2 and low <= pair[0] <= pair[1], key, pair,
+            f"must be [low, high] with {low} <= low <= high")
+
+
+@dataclass
+class AugmentStage:
+    """What every data.augment stage holds: the probability that it applies to an utterance."""
+
+    prob: float = MISSING
+
+    def __post_init__(self) -> None:
+        require_share("prob", self.prob)
+
+
+@dataclass
+class SpeedConfig(AugmentStage):
+    factors: list[float] = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(len(self.factors) > 0 and all(f > 0 for f in self.factors), "factors",
+                list(self.factors), "must be a non-empty list of factors > 0")
+
+
+@dataclass
+class GainConfig(AugmentStage):
+    db: list[float] = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_range("db", self.db, float("-inf"))
+
+
+@dataclass
+class NoiseConfig(AugmentStage):
+    snr_db: list[float] = MISSING
+    colors: list[str] = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_range("snr_db", self.snr_db, float("-inf"))
+        require(len(self.colors) > 0, "colors", list(self.colors), "must name a noise colour")
+        for color in self.colors:
+            require_choice("colors", color, NOISE_COLORS)
+
+
+@dataclass
+class ReverbConfig(AugmentStage):
+    rt60: list[float] = MISSING
+    drr_db: list[float] = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_range("rt60", self.rt60, 1e-3)
+        require_range("drr_db", self.drr_db, float("-inf"))
+
+
+@dataclass
+class AugmentConfig:
+    """data.augment: waveform augmentation in training (edge_conformer/data/augment.py);
+    each stage null is off."""
+
+    speed: SpeedConfig | None = MISSING
+    reverb: ReverbConfig | None = MISSING
+    noise: NoiseConfig | None = MISSING
+    gain: GainConfig | None = MISSING
+
+
 @dataclass
 class PartialTarget:
     """A function Hydra binds to its arguments for later calls (`_partial_: true`)."""
@@ -190,6 +264,7 @@ class DataConfig:
     tokenizer: TokenizerConfig = MISSING
     features: FeaturesConfig = MISSING
     spec_augment: SpecAugmentConfig | None = MISSING
+    augment: AugmentConfig | None = MISSING
     max_duration: float = MISSING
     num_buckets: int = MISSING
     num_workers: int = MISSING
@@ -203,6 +278,11 @@ class DataConfig:
         require(self.max_duration > 0, "max_duration", self.max_duration, "must be > 0 seconds")
         require_at_least(self, 1, "num_buckets", "shar_shard_size")
         require_at_least(self, 0, "num_workers")
+        # Stored features are computed once from the plain audio: nothing left to augment.
+        require(not (self.precompute_features and self.augment is not None),
+                "precompute_features", self.precompute_features,
+                "stores features once, so data.augment (speed, reverb, noise, gain) cannot be"
+                " applied to the audio: set data.augment=null or data.precompute_features=false")
 
 
 @dataclass
@@ -213,6 +293,7 @@ class DigitsPrepare(PartialTarget):
     num_dev: int = MISSING
     num_test: int = MISSING
     num_unseen: int = MISSING
+    num_new_voices: int = MISSING
     min_digits: int = MISSING
     max_digits: int = MISSING
     gap_seconds: list[float] = MISSING
@@ -220,6 +301,7 @@ class DigitsPrepare(PartialTarget):
 
     def __post_init__(self) -> None:
         require_at_least(self, 1, "num_train", "num_dev", "num_test", "num_unseen", "min_digits")
+        require_at_least(self, 0, "num_new_voices")
         require_at_least(self, self.min_digits, "max_digits")
         gaps = list(self.gap_seconds)
         require(len(gaps) == 2 and 0 <= gaps[0] <= gaps[1], "gap_seconds", gaps,
@@ -433,6 +515,20 @@ class CsvLoggerConfig:
 
 
 @dataclass
+class AveragingConfig:
+    """conf/train.yaml `averaging` (edge_conformer/training/averaging.py)."""
+
+    start_share: float | None = MISSING
+    every_n_steps: int = MISSING
+
+    def __post_init__(self) -> None:
+        if self.start_share is not None:
+            require(0 <= self.start_share < 1, "start_share", self.start_share,
+                    "must lie in [0, 1)")
+        require_at_least(self, 1, "every_n_steps")
+
+
+@dataclass
 class TrainConfig:
     """conf/train.yaml: train.py's whole config. data, optim and logger take the schema their
     own file names (a recipe, an optimiser, a logger each have their own keys)."""
@@ -445,6 +541,7 @@ class TrainConfig:
     seed: int = MISSING
     resume: bool = MISSING
     checkpoint_every_n_steps: int = MISSING
+    averaging: AveragingConfig = MISSING
     run_name: str = MISSING
     sweep_name: str = MISSING
 
@@ -496,11 +593,13 @@ class ExportSettings:
     wandb: bool = MISSING
     data_dir: str | None = MISSING
     streaming: StreamingExport = MISSING
+    compress: str = MISSING
 
     def __post_init__(self) -> None:
         # Checked before the minutes of conversion, not after.
         require_choice("prenormalizer", self.prenormalizer, PRENORMALIZERS)
         require_choice("executor", self.executor, GATE_EXECUTOR_MODES)
+        require_choice("compress", self.compress, COMPRESSIONS)
         require(self.window_seconds > 0, "window_seconds", self.window_seconds, "must be > 0")
         require(0 <= self.overlap_seconds < self.window_seconds, "overlap_seconds",
                 self.overlap_seconds, f"must lie in [0, window_seconds={self.window_seconds})")
@@ -508,6 +607,33 @@ class ExportSettings:
             require_at_least(self, 1, "max_utterances")
         require_share("min_identical", self.min_identical)
         require_at_least(self, 0, "max_wer_delta")
+
+
+@dataclass
+class DecodeSettings:
+    """conf/decode/default.yaml: how CTC output becomes words (edge_conformer/decode/beam.py);
+    beam_size null = greedy."""
+
+    beam_size: int | None = MISSING
+    beam_size_token: int | None = MISSING
+    beam_threshold: float = MISSING
+    lm_weight: float = MISSING
+    word_score: float = MISSING
+    lexicon: str | None = MISSING
+    lm: str | None = MISSING
+
+    def __post_init__(self) -> None:
+        if self.beam_size is None:
+            require(self.lexicon is None and self.lm is None, "beam_size", None,
+                    "(greedy) cannot use a lexicon or LM: give a beam size")
+            return
+        require_at_least(self, 1, "beam_size")
+        if self.beam_size_token is not None:
+            require_at_least(self, 1, "beam_size_token")
+        require(self.beam_threshold > 0, "beam_threshold", self.beam_threshold, "must be > 0")
+        # The LM scores words, and only the lexicon tells the decoder where words are.
+        require(self.lm is None or self.lexicon is not None, "lm", self.lm,
+                "needs a lexicon: the LM scores the lexicon's words")
 
 
 @dataclass

@@ -118,6 +118,9 @@ class CTCModule(L.LightningModule):
         size = len(batch["ids"])
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=size)
+        # Wall-clock seconds of training so far (validation included): the x axis on which
+        # recipes compare time to accuracy (W&B: plot val/wer against it).
+        self.log("train/seconds", self.train_seconds, batch_size=size)
         # Audio trained by all ranks together: every rank holds the same total, so the one
         # checkpoint (written by rank 0) restores it whole, and results report the job's rate.
         audio = batch["feature_lengths"].sum() * self._seconds_per_frame

@@ -14,10 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 from edge_conformer.data.datamodule import SpeechDataModule
 from edge_conformer.model import build_model, count_parameters
 from edge_conformer.records import RESULTS_JSON, RunResults, Variant
+from edge_conformer.training.averaging import averaging_callback
 from edge_conformer.training.chunking import DynamicChunks
 from edge_conformer.training.lit_module import CTCModule
 from edge_conformer.training.results import print_results
 from edge_conformer.training.schedules import check_optim
+from edge_conformer.training.threads import configure_cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +65,24 @@ def build_module(cfg: DictConfig, datamodule: SpeechDataModule) -> CTCModule:
         model,
         datamodule.tokenizer,
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        test_names=list(cfg.data.test_splits),
+        test_names=list(datamodule.test_splits),
         checkpoint_extras={"config": OmegaConf.to_container(cfg, resolve=True)},
         streaming=DynamicChunks.from_config(cfg.model.get("streaming")),
         seed=cfg.seed,
     )
 
 
+def training_horizon(cfg: DictConfig) -> int:
+    """The steps the run is planned for: its LR schedule's, which a run stopped early and then
+    extended pins (optim.schedule.total_steps), else trainer.max_steps (<= 0: no plan)."""
+    total = cfg.optim.get("schedule", {}).get("total_steps", -1)
+    return total if total > 0 else cfg.trainer.max_steps
+
+
 def train(cfg: DictConfig, run_dir: Path) -> RunResults:
     """Fit, test and report one run; returns what its results.json holds."""
     check_optim(OmegaConf.to_container(cfg.optim, resolve=True))  # before minutes of data work
+    configure_cpu_threads(cfg.trainer.accelerator, cfg.data.num_workers)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
@@ -83,12 +93,14 @@ def train(cfg: DictConfig, run_dir: Path) -> RunResults:
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     checkpoints = _checkpoint_callbacks(run_dir, cfg.checkpoint_every_n_steps)
+    averaging = averaging_callback(cfg.averaging.start_share, cfg.averaging.every_n_steps,
+                                   training_horizon(cfg))
     trainer = L.Trainer(
         # instantiate: a strategy may be an object (conf/trainer/fsdp.yaml), the rest passes as is
         **instantiate(cfg.trainer, _convert_="all"),
         default_root_dir=str(run_dir),
         logger=logger,
-        callbacks=list(checkpoints),
+        callbacks=[*checkpoints, *([averaging] if averaging else [])],
     )
     last = run_dir / "checkpoints" / "last.ckpt"
     resume_from = str(last) if cfg.resume and last.is_file() else None
