@@ -1,6 +1,8 @@
 """Transcribe audio files with a checkpoint or an export directory; one line per file.
 
     python tools/transcribe.py --model outputs/<run>/checkpoints/last.ckpt a.wav b.flac
+    python tools/transcribe.py --model exports/digits-xs --format json --beam 16 \\
+        --lexicon data/digits/lm/lexicon.txt --lm data/digits/lm/lm.arpa a.wav
     python tools/transcribe.py --model outputs/<run> --windowed a.wav   # as the package sees it
     python tools/transcribe.py --model exports/digits-xs a.wav          # the FP16 package
     python tools/transcribe.py --model exports/digits-xs --stream a.wav # its streaming package
@@ -12,6 +14,13 @@ package: in Core ML on macOS, in the package executor elsewhere (--mode). Any sa
 channel count is fine. Prints `path<TAB>transcript`; unreadable files are reported on stderr by
 name, and the exit status is then 1. A --model that cannot be read stops it with one line
 naming the file.
+
+--format json prints one JSON object per file and line instead: path, text, words (each with
+start and end in seconds and a confidence in [0, 1]; docs/decoding.md), model (what ran:
+checkpoint or package, precision, windows), decoder, audio_seconds and compute_seconds.
+Decoding is greedy unless --beam N: CTC prefix beam search, constrained to the words of
+--lexicon and scored with the word n-gram --lm if given (tools/build_lm.py builds both from a
+recipe's training transcripts); the other knobs default to conf/decode/default.yaml.
 
 --stream feeds each file to the streaming recogniser (edge_conformer/runtime/streaming.py) in
 50 ms pieces, as a microphone would: a checkpoint's chunk loop (--chunk-frames/--left-frames,
@@ -25,6 +34,8 @@ The final line is a file's last: the next line names the next file, or the outpu
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import tempfile
 import time
@@ -33,7 +44,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from edge_conformer.config.schemas import ConfigError, DecodeSettings
 from edge_conformer.data.audio import BadAudioError, read_audio
+from edge_conformer.decode.beam import decode_settings
 from edge_conformer.errors import UserInputError, exit_on_user_input_error
 from edge_conformer.mil.executor import EXECUTOR_MODES
 from edge_conformer.runtime.checkpoint import load_checkpoint
@@ -54,6 +67,10 @@ from edge_conformer.runtime.windowing import WindowSpec
 
 EXPORT_DEFAULTS = Path(__file__).resolve().parents[1] / "conf" / "export" / "default.yaml"
 PIECE_SECONDS = 0.05  # --stream feeds audio in pieces this long, as a microphone would
+FORMATS = ("lines", "json")
+# Each conf/decode knob has a flag: --beam for beam_size, else its name with dashes.
+DECODE_KNOBS = tuple(field.name for field in dataclasses.fields(DecodeSettings))
+BEAM_FLAG = "--beam"
 
 
 def parse_args() -> argparse.Namespace:
@@ -81,8 +98,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--left-frames", type=int,
                         help="--stream, checkpoint: encoder frames of left context "
                              "(default: model.streaming.eval_left, else 64)")
+    parser.add_argument("--format", choices=FORMATS, default="lines",
+                        help="lines: path<TAB>transcript; json: one object per file, with words, "
+                             "times, confidences, what ran and timing")
+    beam = parser.add_argument_group("beam search (not with --stream)",
+                                     "knobs not given take conf/decode/default.yaml's values")
+    beam.add_argument(BEAM_FLAG, dest="beam_size", type=int,
+                      help="beam size; without it decoding is greedy")
+    beam.add_argument("--lexicon", help="lexicon file: output only its words")
+    beam.add_argument("--lm", help="word n-gram LM (ARPA or KenLM binary); needs --lexicon")
+    beam.add_argument("--lm-weight", type=float)
+    beam.add_argument("--word-score", type=float)
+    beam.add_argument("--beam-threshold", type=float)
+    beam.add_argument("--beam-size-token", type=int)
     args = parser.parse_args()
     args.stream = args.stream or args.realtime
+    if args.stream and (args.format != "lines" or any(
+            getattr(args, knob) is not None for knob in DECODE_KNOBS)):
+        parser.error("--stream prints greedy partial transcripts: --format json and the beam "
+                     "search flags need offline decoding")
     geometry_given = args.chunk_frames is not None or args.left_frames is not None
     if geometry_given and not args.stream:
         parser.error("--chunk-frames/--left-frames need --stream")
@@ -108,6 +142,16 @@ def offline_transcriber(args: argparse.Namespace, tokenizer_dir: Path) -> Transc
     frames_per_second = loaded.features.settings.frames_per_second
     window = export_window(frames_per_second) if args.windowed else None
     return checkpoint_transcriber(loaded, window)
+
+
+def chosen_decoding(args: argparse.Namespace) -> DecodeSettings:
+    """conf/decode/default.yaml with the flags given; a bad value stops with one line."""
+    try:
+        return decode_settings(**{knob: getattr(args, knob) for knob in DECODE_KNOBS})
+    except ConfigError as error:  # "knob=value rule": name the flag the user gave
+        knob = str(error).split("=", 1)[0]
+        flag = BEAM_FLAG if knob == "beam_size" else "--" + knob.replace("_", "-")
+        raise UserInputError(f"{flag}: {error}") from error
 
 
 def stream_recognizer(args: argparse.Namespace, tokenizer_dir: Path) -> StreamingRecognizer:
@@ -167,9 +211,13 @@ def main() -> int:
                 for seconds, text in stream_file(recognizer, path, args.realtime)
             )
         else:
-            transcribe = offline_transcriber(args, Path(tokenizer_dir))
-            description = transcribe.description
-            lines_of = lambda path: [f"{path}\t{transcribe(path)}"]
+            settings = chosen_decoding(args)
+            transcribe = offline_transcriber(args, Path(tokenizer_dir)).with_decoding(settings)
+            description = f"{transcribe.description}; {transcribe.decoder.description}"
+            if args.format == "json":
+                lines_of = lambda path: [json.dumps(transcribe(path).to_json())]
+            else:
+                lines_of = lambda path: [f"{path}\t{transcribe(path).text}"]
         print(f"# {description}", file=sys.stderr)
         failed = transcribe_all(args.files, lines_of)
     return 1 if failed else 0
