@@ -3,13 +3,15 @@
     python export.py ckpt=outputs/<run> out=exports/digits-xs        # the run's tested ckpt
     python export.py "ckpt='outputs/<run>/checkpoints/best-step=700.ckpt'" out=exports/x
     python export.py ckpt=... out=... export.executor=fp16 export.prenormalizer=none
+    python export.py ckpt=... out=... export.compress=auto   # the smallest package that passes
 
 (A path holding "=", as Lightning's checkpoint names do, must be quoted for Hydra as above.)
 
 Writes DIR/model.mlpackage, tokenizer.model, frontend.json, parity.json and parity.md, and
-stream.mlpackage when the model streams (export.streaming). When parity fails (either
-package's) it exits 1, DIR is left as it was, and the report is in DIR.rejected/. DIR must be
-new or an earlier export (it holds .edge-conformer-export): any other directory is refused.
+stream.mlpackage when the model streams (export.streaming); export.compress gates compressed
+weights the same way (docs/export.md). When parity fails (either package's) it exits 1, DIR
+is left as it was, and the report is in DIR.rejected/. DIR must be new or an earlier export
+(it holds .edge-conformer-export): any other directory is refused.
 """
 
 import os

@@ -245,6 +245,22 @@ class ParitySection(Record):
 
 
 @dataclass(frozen=True)
+class CompressionTrial(Record):
+    """One compression level of one package through the gate (export.compress)."""
+
+    package: str  # the package's file name: model.mlpackage or stream.mlpackage
+    level: str  # as export.compress names it; "none" is the FP16 package
+    bytes: int  # the package at this level, on disk
+    fp16_bytes: int  # the FP16 package it was compressed from
+    section: ParitySection  # the gate's results and reasons at this level
+    published: bool  # the level the export holds (if the export passed)
+
+    @classmethod
+    def from_json(cls, data: Any) -> CompressionTrial:
+        return _build(cls, data, section=ParitySection.from_json)
+
+
+@dataclass(frozen=True)
 class ExportReport(Record):
     """parity.json: an export's verdict, per-set parity, its settings and package facts."""
 
@@ -267,8 +283,14 @@ class ExportReport(Record):
     # The streaming package (stream.mlpackage) run chunk by chunk, judged on its own; both
     # sections must pass for the export to be published. None: the export has no such package.
     streaming: ParitySection | None = None
-    # Its geometry (as frontend.json's streaming section gives it) and size in bytes.
+    # Its geometry (as frontend.json's streaming section gives it), size in bytes and
+    # compression level.
     stream_package: dict[str, Any] | None = None
+    # model.mlpackage's weights: the export.compress level it holds ("none": FP16). None in
+    # files written before compression existed, whose packages are all FP16.
+    compression: str | None = None
+    # Every level the gate tried, per package, in order; None when export.compress was none.
+    compression_trials: tuple[CompressionTrial, ...] | None = None
 
     @property
     def passed(self) -> bool:
@@ -291,4 +313,6 @@ class ExportReport(Record):
             raise RecordError(f"ExportReport must be a JSON object, got {type(data).__name__}")
         return _build(cls, {**data, "windowed": data}, windowed=ParitySection.from_json,
                       thresholds=ParityThresholds.from_json,
-                      streaming=_optional(ParitySection))
+                      streaming=_optional(ParitySection),
+                      compression_trials=lambda items: None if items is None else tuple(
+                          CompressionTrial.from_json(item) for item in items))

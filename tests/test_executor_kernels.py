@@ -480,10 +480,49 @@ def gather_cases() -> list[Any]:
     ]
 
 
+def packed_indices(count: int, nbits: int) -> np.ndarray:
+    """Random `nbits`-bit indices for `count` elements, packed as constexpr_lut_to_dense reads
+    them: ceil(count * nbits / 8) bytes, the unused high bits of the last byte random too."""
+    return RNG.integers(0, 256, -(-count * nbits // 8)).astype(np.uint8)
+
+
+def compression_cases() -> list[Any]:
+    # The constexpr ops coremltools.optimize.coreml writes for an iOS16 program
+    # (export.compress): per-channel int8 (symmetric: zero point 0) and per-tensor palettes of
+    # 2**nbits entries, and their other admissible forms.
+    weight_shape = (6, 4, 1, 3)
+    cases = [
+        case("constexpr_affine_dequantize", "int8-per-channel",
+             quantized_data=ints(*weight_shape, low=-128, high=128).astype(np.int8),
+             zero_point=np.zeros(6, dtype=np.int8), scale=floats(6, low=0.01, high=0.1)
+             .astype(np.float16), axis=0),
+        case("constexpr_affine_dequantize", "uint8-scalars-fp32",
+             quantized_data=ints(3, 5, low=0, high=256).astype(np.uint8),
+             zero_point=np.uint8(128), scale=np.float32(0.05), axis=1),
+        case("constexpr_affine_dequantize", "int8-negative-axis-fp32-zero-point",
+             quantized_data=ints(2, 3, 5, low=-128, high=128).astype(np.int8),
+             zero_point=floats(5, low=-3.0, high=3.0), scale=floats(5, low=0.01, high=0.1),
+             axis=-1),
+    ]
+    # 90 six-bit fields end mid-byte; 7 one-bit fields leave most of their byte unused.
+    for nbits, shape, lut_type in ((8, weight_shape, np.float16), (6, (5, 18), np.float16),
+                                   (4, (3, 7), np.float32), (2, (2, 3, 5), np.float16),
+                                   (1, (7,), np.float16)):
+        count = int(np.prod(shape))
+        cases.append(case("constexpr_lut_to_dense", f"{nbits}bit",
+                          indices=packed_indices(count, nbits),
+                          lut=floats(2**nbits).astype(lut_type),
+                          shape=np.array(shape, dtype=np.uint32)))
+    cases.append(case("constexpr_lut_to_dense", "int8-lut", indices=packed_indices(12, 4),
+                      lut=ints(16, low=-128, high=128).astype(np.int8),
+                      shape=np.array([3, 4], dtype=np.uint32)))
+    return cases
+
+
 CASES = (
     unary_cases() + activation_cases() + cast_cases() + binary_cases() + reduction_cases()
     + normalization_cases() + linear_algebra_cases() + conv_cases() + layout_cases()
-    + slicing_cases() + tensor_operation_cases() + gather_cases()
+    + slicing_cases() + tensor_operation_cases() + gather_cases() + compression_cases()
 )
 
 
@@ -516,6 +555,15 @@ def kernel_inputs(op: Operation, inputs: dict[str, Any]) -> dict[str, Any]:
     return arguments
 
 
+def coremltools_values(op: Operation) -> tuple[Any, ...]:
+    """coremltools' result of the op on its constant inputs. A constexpr op is never folded
+    (value_inference leaves it to Core ML, which decompresses at load or run time): its values
+    are what `materialized_val_inference` decompresses, coremltools' own reading of the op."""
+    if op.op_type.startswith("constexpr_"):
+        return as_tuple(op.materialized_val_inference())
+    return tuple(var.val for var in op.outputs)
+
+
 def as_tuple(values: Any) -> tuple[Any, ...]:
     return tuple(values) if isinstance(values, (tuple, list)) else (values,)
 
@@ -539,7 +587,7 @@ def test_kernel_matches_coremltools(op_type, inputs, opset, reference) -> None:
     with np.errstate(all="ignore"):  # the executor's setting: inf and NaN are results here
         outputs = as_tuple(KERNELS[op_type](Numerics(strict_fp16=False), **arguments))
         if reference is None:
-            expected = tuple(var.val for var in op.outputs)
+            expected = coremltools_values(op)
             assert all(value is not None for value in expected), "no value_inference result"
         else:
             expected = as_tuple(reference(**arguments))

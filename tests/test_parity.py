@@ -19,8 +19,11 @@ from edge_conformer.export.parity import (
     STREAMING,
     TIE_ULPS,
     EvalUtterance,
+    PackageRecognizers,
     PsnrMeter,
-    Recognizers,
+    ReferenceRecognizers,
+    compression_notes,
+    decode_references,
     flipped_margin_ulps,
     gate_failures,
     judge,
@@ -29,7 +32,12 @@ from edge_conformer.export.parity import (
 )
 from edge_conformer.export.pipeline import parity_tables, publish_if_passed, wandb_summary
 from edge_conformer.export.publish import staging_dir
-from edge_conformer.records import CoreMLParity, ExportReport, ParityThresholds
+from edge_conformer.records import (
+    CompressionTrial,
+    CoreMLParity,
+    ExportReport,
+    ParityThresholds,
+)
 
 DEFAULTS = OmegaConf.load(REPO / "conf" / "export" / "default.yaml")
 THRESHOLDS = ParityThresholds(DEFAULTS.min_identical, DEFAULTS.max_wer_delta)
@@ -102,12 +110,12 @@ def test_a_test_set_is_measured_into_a_set_parity_record() -> None:
     tokenizer = SimpleNamespace(decode=lambda ids: " ".join(["one", "two"][i] for i in ids))
     executor = CountingExecutor()
     identity = lambda logits: logits
-    result = measure_test_set(
-        [EvalUtterance("quiet", "", silence), EvalUtterance("utt-1", "one", word)],
-        Recognizers(fp32=identity, fp32_reference=identity, fp16=executor.run_fp16),
-        tokenizer,
-        fp16_counter=executor,
+    utterances = [EvalUtterance("quiet", "", silence), EvalUtterance("utt-1", "one", word)]
+    references = decode_references(
+        utterances, ReferenceRecognizers(fp32=identity, fp32_reference=identity), tokenizer
     )
+    result = measure_test_set(references, PackageRecognizers(fp16=executor.run_fp16), tokenizer,
+                              fp16_counter=executor)
     assert (result.utterances, result.wer_fp32, result.wer_fp16) == (2, 0.0, 100.0)
     assert result.identical == 0.5 and result.windowing_cost == 0.0
     (mismatch,) = result.mismatches
@@ -160,11 +168,12 @@ def test_a_streaming_package_that_recognises_noise_is_not_published(tmp_path) ->
     word = torch.tensor([[0.0, 5.0, 1.0], [5.0, 0.0, 1.0]])
     noise = lambda logits: torch.tensor([0.0, 0.0, 9.0]).expand_as(logits)  # noqa: E731
     identity = lambda logits: logits  # noqa: E731
-    result = measure_test_set(
+    references = decode_references(
         [EvalUtterance(f"utt-{i}", "one", word) for i in range(3)],
-        Recognizers(fp32=identity, fp32_reference=identity, fp16=noise),
-        tokenizer, fp16_counter=CountingExecutor(),
+        ReferenceRecognizers(fp32=identity, fp32_reference=identity), tokenizer,
     )
+    result = measure_test_set(references, PackageRecognizers(fp16=noise), tokenizer,
+                              fp16_counter=CountingExecutor())
     assert (result.wer_fp32_windowed, result.wer_fp16, result.identical) == (0.0, 100.0, 0.0)
     failed = export_report(streaming=judge({"test": result}, THRESHOLDS, STREAMING),
                            stream_package=STREAM_PACKAGE)
@@ -222,3 +231,67 @@ def test_wandb_summary_adds_the_streaming_numbers(tmp_path) -> None:
     assert summary["export/stream/passed"] is True and summary["export/stream/chunk_frames"] == 16
     assert summary["export/stream/test/wer_fp16"] == 6.5 and summary["export/test/wer_fp16"] == 5.0
     assert not [key for key in wandb_summary(export_report(), tmp_path) if "/stream/" in key]
+
+
+# ---------------------------------------------------------------------------------------------
+# The compression table (export.compress): every level tried, its size, results and verdict
+
+
+def compression_report() -> ExportReport:
+    """int8 kept for model.mlpackage after palettize8 failed; stream.mlpackage kept FP16."""
+    sets = {"test": set_parity(), "unseen_speaker": set_parity()}
+    failed = {"test": set_parity(identical=0.9, wer_fp16=6.0), "unseen_speaker": set_parity()}
+    trials = (
+        CompressionTrial("model.mlpackage", "palettize8", 1_009_000, 2_000_000,
+                         judge(failed, THRESHOLDS), published=False),
+        CompressionTrial("model.mlpackage", "int8", 1_010_000, 2_000_000,
+                         judge(sets, THRESHOLDS), published=True),
+        CompressionTrial("stream.mlpackage", "int8", 1_020_000, 2_010_000,
+                         judge(failed, THRESHOLDS, STREAMING), published=False),
+        CompressionTrial("stream.mlpackage", "none", 2_010_000, 2_010_000,
+                         judge(sets, THRESHOLDS, STREAMING), published=True),
+    )
+    return export_report(test_sets=sets, compression="int8", compression_trials=trials,
+                         streaming=judge(sets, THRESHOLDS, STREAMING),
+                         stream_package={**STREAM_PACKAGE, "compression": "none"})
+
+
+def test_parity_json_holds_every_level_tried() -> None:
+    report = compression_report()
+    data = json.loads(json.dumps(report.to_json()))
+    assert data["compression"] == "int8" and data["stream_package"]["compression"] == "none"
+    assert [(t["package"], t["level"], t["section"]["passed"], t["published"])
+            for t in data["compression_trials"]][:2] == [
+        ("model.mlpackage", "palettize8", False, False), ("model.mlpackage", "int8", True, True)]
+    assert ExportReport.from_json(data) == report
+    assert "compression_trials" not in export_report().to_json()  # export.compress=none
+
+
+def test_reports_show_each_level_and_why_the_export_holds_what_it_holds() -> None:
+    report = compression_report()
+    markdown = parity_markdown(report)
+    assert "| model | int8 | 1.01 | 50% | test | 5.00 | 5.00 | 1.000 | 70.0 | passed, kept |" \
+        in markdown
+    assert "| model | palettize8 | 1.01 | 50% | test | 5.00 | 6.00 | 0.900 | 70.0 | failed |" \
+        in markdown
+    assert "| stream | none | 2.01 | 100% | unseen_speaker | 5.00 | 5.00 | 1.000 | 70.0 | " \
+        "passed, kept |" in markdown
+    notes = compression_notes(report)
+    assert notes == [
+        "model.mlpackage: palettize8 failed the gate (test: identical transcripts 0.900 < "
+        "min_identical 0.99 (0 of the 20 differing utterances differ only at FP32 ties); test: "
+        "FP16 WER 6.00% is 1.00 points above FP32 windowed 5.00% (max_wer_delta 0.5)); the "
+        "export holds int8 (1.01 MB)",
+        "stream.mlpackage: int8 failed the gate (test: identical transcripts 0.900 < "
+        "min_identical 0.99 (0 of the 20 differing utterances differ only at FP32 ties); test: "
+        "FP16 WER 6.00% is 1.00 points above FP32 streaming 5.00% (max_wer_delta 0.5)); the "
+        "export holds the FP16 package (2.01 MB)",
+    ]
+    assert all(f"- {note}" in markdown for note in notes)
+    assert "package 3.15 MB (weights: int8)" in markdown
+
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(parity_tables(report))
+    lines = console.export_text().splitlines()
+    assert max(map(len, lines)) <= 120
+    assert sum(" stream  │ none " in line for line in lines) == 2  # one row per test set

@@ -1,6 +1,9 @@
 """The WER parity gate: does the FP16 package recognise what the FP32 model recognises?
 
-Every utterance of a test set is decoded (greedy CTC) four ways (`Recognizers`):
+Every utterance of a test set is decoded (greedy CTC) four ways: two FP32 ways
+(`ReferenceRecognizers`), decoded once per test set however many compression levels of a
+package are then judged against them (`ReferenceUtterance`), and the package's ways
+(`PackageRecognizers`):
 
 - `fp32`: the training graph on the whole utterance, full context (what training reported);
 - `fp32_reference`: the training graph run the way the package runs: window by window,
@@ -17,8 +20,9 @@ an export (model.mlpackage by windows, stream.mlpackage by chunks) is measured b
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -29,8 +33,10 @@ from edge_conformer.data.features import LogMelFeatures
 from edge_conformer.data.manifests import cut_text
 from edge_conformer.data.tokenizer import Tokenizer
 from edge_conformer.decode import decode_logits, error_rates
+from edge_conformer.export.compress import NONE
 from edge_conformer.numerics import FP16
 from edge_conformer.records import (
+    CompressionTrial,
     CoreMLParity,
     ExportReport,
     Mismatch,
@@ -59,13 +65,31 @@ class EvalUtterance:
 
 
 @dataclass(frozen=True)
-class Recognizers:
-    """The ways every utterance is decoded (see the module docstring)."""
+class ReferenceRecognizers:
+    """The FP32 ways every utterance is decoded (see the module docstring)."""
 
     fp32: LogitsFn
     fp32_reference: LogitsFn
+
+
+@dataclass(frozen=True)
+class PackageRecognizers:
+    """The package's ways: the FP16 executor, and the Core ML runtime where there is one."""
+
     fp16: LogitsFn
     coreml: LogitsFn | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceUtterance:
+    """An utterance decoded the FP32 ways: what every package (level) is judged against."""
+
+    utt_id: str
+    text: str
+    features: torch.Tensor
+    logits: torch.Tensor  # fp32_reference's: the FP16 logits' PSNR and flips are against them
+    fp32: str  # the transcripts of the two FP32 ways
+    fp32_reference: str
 
 
 @dataclass(frozen=True)
@@ -113,6 +137,19 @@ def featurised_utterances(cuts: CutSet, features: LogMelFeatures) -> Iterator[Ev
     for cut in cuts:
         waveform = load_cut_audio(cut, features.sample_rate)
         yield EvalUtterance(cut.id, cut_text(cut), features(waveform))
+
+
+def decode_references(
+    utterances: Iterable[EvalUtterance], recognizers: ReferenceRecognizers, tokenizer: Tokenizer
+) -> Iterator[ReferenceUtterance]:
+    """The utterances decoded the FP32 ways, in order (lazily: keep them to reuse them)."""
+    for utt in utterances:
+        logits = recognizers.fp32_reference(utt.features)
+        yield ReferenceUtterance(
+            utt.utt_id, utt.text, utt.features, logits,
+            fp32=decode_logits(recognizers.fp32(utt.features), tokenizer),
+            fp32_reference=decode_logits(logits, tokenizer),
+        )
 
 
 class PsnrMeter:
@@ -167,14 +204,14 @@ def _share_identical(hyps: list[str], reference_hyps: list[str]) -> float:
 
 
 def measure_test_set(
-    utterances: Iterable[EvalUtterance],
-    recognizers: Recognizers,
+    utterances: Iterable[ReferenceUtterance],
+    recognizers: PackageRecognizers,
     tokenizer: Tokenizer,
     fp16_counter: NonfiniteCounter,
-    on_utterance: Callable[[], None] = lambda: None,
 ) -> SetParity:
-    """Decode every utterance every way; WERs (percent), identical share, logits PSNR, and the
-    non-finite values `fp16_counter` (the executor behind `recognizers.fp16`) saw meanwhile.
+    """Decode every utterance the package's ways beside its FP32 references; WERs (percent),
+    identical share, logits PSNR, and the non-finite values `fp16_counter` (the executor behind
+    `recognizers.fp16`) saw meanwhile.
 
     The record's `*_windowed` fields hold `fp32_reference`'s results, whichever way it runs.
     """
@@ -186,12 +223,11 @@ def measure_test_set(
     mismatches = []
     tied_mismatches = 0
     for utt in utterances:
-        reference = recognizers.fp32_reference(utt.features)
         fp16 = recognizers.fp16(utt.features)
-        psnr.add(reference, fp16)
+        psnr.add(utt.logits, fp16)
         transcripts = {
-            "fp32": decode_logits(recognizers.fp32(utt.features), tokenizer),
-            "fp32_windowed": decode_logits(reference, tokenizer),
+            "fp32": utt.fp32,
+            "fp32_windowed": utt.fp32_reference,
             "fp16": decode_logits(fp16, tokenizer),
         }
         if recognizers.coreml is not None:
@@ -200,12 +236,11 @@ def measure_test_set(
             hyps[way].append(transcript)
         refs.append(utt.text)
         if transcripts["fp16"] != transcripts["fp32_windowed"]:
-            margin_ulps = flipped_margin_ulps(reference, fp16)
+            margin_ulps = flipped_margin_ulps(utt.logits, fp16)
             tied_mismatches += margin_ulps <= TIE_ULPS
             if len(mismatches) < MISMATCHES_KEPT:
                 mismatches.append(Mismatch(id=utt.utt_id, reference=utt.text, **transcripts,
                                            fp32_margin_ulps=round(margin_ulps, 2)))
-        on_utterance()
 
     wer = {way: error_rates(refs, way_hyps)["wer"] for way, way_hyps in hyps.items()}
     coreml = None
@@ -288,11 +323,15 @@ def _coreml_cell(result: SetParity) -> str:
     return f"WER {result.coreml.wer:.2f}%, identical {result.coreml.identical:.3f}"
 
 
+def _psnr_cell(result: SetParity) -> str:
+    psnr = result.logits_psnr_db
+    return "n/a (non-finite)" if psnr is None else f"{psnr:.1f}"
+
+
 def parity_rows(section: ParitySection) -> list[tuple[str, ...]]:
     """One row of `table_columns` per test set."""
     rows = []
     for name, result in section.test_sets.items():
-        psnr = result.logits_psnr_db
         rows.append((
             name,
             str(result.utterances),
@@ -301,10 +340,54 @@ def parity_rows(section: ParitySection) -> list[tuple[str, ...]]:
             f"{result.wer_fp16:.2f}",
             f"{result.identical:.3f}",
             str(result.nonfinite),
-            "n/a (non-finite)" if psnr is None else f"{psnr:.1f}",
+            _psnr_cell(result),
             _coreml_cell(result),
         ))
     return rows
+
+
+# The compression table: every level export.compress had the gate try, per package ("model",
+# "stream"). "WER fp32" is the FP32 way the package is judged against (windowed, or its chunk
+# loop), "WER" the package's at that level; "kept": the level the export holds (published
+# if every package of the export passed).
+COMPRESSION_COLUMNS = ("package", "level", "MB", "of FP16", "test set", "WER fp32", "WER",
+                       "identical", "PSNR dB", "verdict")
+
+
+def _verdict(trial: CompressionTrial) -> str:
+    verdict = "passed" if trial.section.passed else "failed"
+    return f"{verdict}, kept" if trial.published else verdict
+
+
+def compression_rows(report: ExportReport) -> list[tuple[str, ...]]:
+    """One row of COMPRESSION_COLUMNS per level tried and test set."""
+    return [
+        (Path(trial.package).stem, trial.level, f"{trial.bytes / 1e6:.2f}",
+         f"{trial.bytes / trial.fp16_bytes:.0%}", name, f"{result.wer_fp32_windowed:.2f}",
+         f"{result.wer_fp16:.2f}", f"{result.identical:.3f}", _psnr_cell(result),
+         _verdict(trial))
+        for trial in report.compression_trials or ()
+        for name, result in trial.section.test_sets.items()
+    ]
+
+
+def compression_notes(report: ExportReport) -> list[str]:
+    """Per package whose smaller levels failed the gate: each of them and by how much (its
+    reasons), and what the export holds instead. (A level the export holds and that failed
+    is the export's own failure: its reasons are the report's.)"""
+    notes = []
+    tried = report.compression_trials or ()
+    for package in dict.fromkeys(trial.package for trial in tried):
+        trials = [trial for trial in tried if trial.package == package]
+        failed = [trial for trial in trials if not trial.section.passed and not trial.published]
+        if not failed:
+            continue
+        (held,) = (trial for trial in trials if trial.published)
+        holds = "the FP16 package" if held.level == NONE else held.level
+        notes.append(f"{package}: " + "; ".join(
+            f"{trial.level} failed the gate ({'; '.join(trial.section.reasons)})"
+            for trial in failed) + f"; the export holds {holds} ({held.bytes / 1e6:.2f} MB)")
+    return notes
 
 
 def report_sections(report: ExportReport) -> list[tuple[SectionLabels, ParitySection]]:
@@ -332,7 +415,8 @@ def _settings_line(report: ExportReport) -> str:
         f"executor `{report.executor}`, prenormalizer `{report.prenormalizer}`, "
         f"softmax rescale `{report.softmax_rescale}`, window {window['seconds']} s "
         f"({window['frames']} frames) with {window['overlap_seconds']} s overlap, package "
-        f"{report.package_bytes / 1e6:.2f} MB, export {report.export_seconds:.0f} s; "
+        f"{report.package_bytes / 1e6:.2f} MB (weights: {report.compression or NONE}), export "
+        f"{report.export_seconds:.0f} s; "
         f"Core ML runtime: {report.coreml_runtime}"
     )
 
@@ -367,6 +451,19 @@ def _mismatches_markdown(labels: SectionLabels, name: str, result: SetParity) ->
     ]
 
 
+def _compression_markdown(report: ExportReport) -> list[str]:
+    return [
+        "## Compression levels tried (export.compress)",
+        "",
+        "| " + " | ".join(COMPRESSION_COLUMNS) + " |",
+        "|" + "---|" * len(COMPRESSION_COLUMNS),
+        *("| " + " | ".join(row) + " |" for row in compression_rows(report)),
+        "",
+        *(f"- {note}" for note in compression_notes(report)),
+        "",
+    ]
+
+
 def parity_markdown(report: ExportReport) -> str:
     """parity.md: verdict, settings, a table per section, reasons, mismatches and op counts."""
     verdict = "PASSED" if report.passed else "FAILED"
@@ -376,6 +473,8 @@ def parity_markdown(report: ExportReport) -> str:
     sections = report_sections(report)
     for labels, section in sections:
         lines += _section_markdown(labels, section, report)
+    if report.compression_trials:
+        lines += _compression_markdown(report)
     if report.reasons:
         lines += ["## Why it failed", "", *(f"- {reason}" for reason in report.reasons), ""]
     for labels, section in sections:

@@ -10,13 +10,20 @@ directory beside the target, and renames it into place only when parity passes: 
 export never publishes a package, and never touches a directory already there. Its report is
 kept in <out>.rejected/ for the user to read. Only an earlier export is ever replaced; any
 other directory at `out` is refused before the checkpoint is loaded (see publish.py).
+
+export.compress (compress.py) has each package gated at compressed levels: one, or (auto) in
+turn from the smallest until one passes, every level judged against the same FP32 references,
+decoded once. The export holds the level that passed, else (auto) the FP16 package.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -29,6 +36,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -36,11 +44,26 @@ from rich.table import Table
 
 from edge_conformer.config.schemas import ExportSettings
 from edge_conformer.data.manifests import load_cuts
+from edge_conformer.export.compress import (
+    AUTO,
+    NONE,
+    compress_package,
+    levels_to_try,
+    package_bytes,
+)
 from edge_conformer.export.convert import convert_stream_to_coreml, convert_to_coreml
 from edge_conformer.export.graph import build_ane_model
 from edge_conformer.export.parity import (
+    COMPRESSION_COLUMNS,
     STREAMING,
-    Recognizers,
+    WINDOWED,
+    PackageRecognizers,
+    ReferenceRecognizers,
+    ReferenceUtterance,
+    SectionLabels,
+    compression_notes,
+    compression_rows,
+    decode_references,
     featurised_utterances,
     judge,
     measure_test_set,
@@ -55,7 +78,13 @@ from edge_conformer.export.stream_checks import streaming_context
 from edge_conformer.export.stream_graph import build_stream_model
 from edge_conformer.mil.executor import PackageExecutor
 from edge_conformer.model.streaming import ChunkContext, stream_logits
-from edge_conformer.records import PARITY_JSON, ExportReport, ParityThresholds, SetParity
+from edge_conformer.records import (
+    PARITY_JSON,
+    CompressionTrial,
+    ExportReport,
+    ParitySection,
+    ParityThresholds,
+)
 from edge_conformer.runtime.bundle import (
     COREML_AVAILABLE,
     COREML_UNAVAILABLE_NOTE,
@@ -119,10 +148,16 @@ def _test_cuts(loaded: LoadedCheckpoint, settings: ExportSettings) -> dict[str, 
         data_cfg["data_dir"] = settings.data_dir
     datamodule = instantiate(data_cfg, _convert_="all")
     manifests = datamodule.prepare(out_dir=datamodule.data_dir)
-    names = settings.test_sets or loaded.config["data"]["test_splits"]
-    unknown = sorted(set(names) - set(manifests))
-    if unknown:
-        raise ValueError(f"export.test_sets names {unknown}; the corpus has {sorted(manifests)}")
+    if settings.test_sets:
+        names = settings.test_sets
+        unknown = sorted(set(names) - set(manifests))
+        if unknown:
+            raise ValueError(
+                f"export.test_sets names {unknown}; the corpus has {sorted(manifests)}")
+    else:
+        # The recipe's test sets that were prepared: the digits recipe's new_voices needs a
+        # speech synthesiser and is skipped (with a log line) where none is installed.
+        names = [n for n in loaded.config["data"]["test_splits"] if n in manifests]
     test_sets = {}
     for name in names:
         cuts = load_cuts(manifests[name])
@@ -161,81 +196,171 @@ def _build_stream_package(
     return stream_description(loaded.model, context, loaded.features)
 
 
-def _measure(
-    test_sets: dict[str, CutSet], loaded: LoadedCheckpoint, bundle: Bundle,
-    recognizers: Recognizers, executor: PackageExecutor, label: str, progress: Progress,
-) -> dict[str, SetParity]:
-    """Per-test-set parity of one package (`recognizers`; `executor` runs its FP16 way)."""
-    results = {}
-    for name, cuts in test_sets.items():
-        task = progress.add_task(f"{label} parity on {name}", total=len(cuts))
-        results[name] = measure_test_set(
-            featurised_utterances(cuts, loaded.features),
-            recognizers,
-            bundle.tokenizer,
-            fp16_counter=executor,
-            on_utterance=lambda task=task: progress.advance(task),
-        )
-    return results
+@dataclass(frozen=True)
+class _GatedPackage:
+    """One package of the export as the gate runs it: window by window or chunk by chunk."""
+
+    file: str  # its name in the export directory
+    labels: SectionLabels
+    references: ReferenceRecognizers
+    # The package's ways of decoding, given the directory that holds it (the export's, or a
+    # compression level's) and the FP16 executor that runs it there.
+    recognizers: Callable[[Path, PackageExecutor], PackageRecognizers]
 
 
-def _check_parity(
-    loaded: LoadedCheckpoint, settings: ExportSettings, bundle: Bundle,
-    test_sets: dict[str, CutSet], progress: Progress,
-) -> tuple[dict[str, SetParity], dict[str, int]]:
-    """The windowed package's per-test-set parity results and its program's op histogram."""
-    executor = PackageExecutor(bundle.package, mode=settings.executor)
+def _windowed_package(loaded: LoadedCheckpoint, bundle: Bundle) -> _GatedPackage:
     run_fp32_window = torch_window_runner(loaded.model)
-    recognizers = Recognizers(
-        fp32=lambda features: whole_utterance_logits(loaded.model, features),
+
+    def recognizers(directory: Path, executor: PackageExecutor) -> PackageRecognizers:
+        candidate = replace(bundle, directory=directory)
+        return PackageRecognizers(
+            fp16=executor_logits(candidate, executor),
+            coreml=coreml_logits(candidate) if COREML_AVAILABLE else None,
+        )
+
+    references = ReferenceRecognizers(
+        fp32=partial(whole_utterance_logits, loaded.model),
         fp32_reference=lambda features: windowed_logits(features, run_fp32_window, bundle.window),
-        fp16=executor_logits(bundle, executor),
-        coreml=coreml_logits(bundle) if COREML_AVAILABLE else None,
     )
-    results = _measure(test_sets, loaded, bundle, recognizers, executor, "windowed", progress)
-    return results, executor.op_histogram()
+    return _GatedPackage(PACKAGE_DIR, WINDOWED, references, recognizers)
 
 
-def _check_stream_parity(
-    loaded: LoadedCheckpoint, settings: ExportSettings, bundle: Bundle,
-    test_sets: dict[str, CutSet], progress: Progress,
-) -> dict[str, SetParity]:
+def _streaming_package(loaded: LoadedCheckpoint, bundle: Bundle) -> _GatedPackage:
     """Parity ladder step 4: the streaming package in the gate's executor mode, chunk by chunk
     from zero caches, against the FP32 chunk loop at the same context."""
     description = bundle.streaming
     context = ChunkContext(description["chunk_frames"], description["left_frames"])
-    stream_package = bundle.directory / description["package"]
-    executor = PackageExecutor(stream_package, mode=settings.executor)
-    coreml = None
-    if COREML_AVAILABLE:
-        coreml = partial(stream_package_logits,
-                         StreamPackage(coreml_predict(stream_package), description))
-    recognizers = Recognizers(
-        fp32=lambda features: whole_utterance_logits(loaded.model, features),
+
+    def recognizers(directory: Path, executor: PackageExecutor) -> PackageRecognizers:
+        coreml = None
+        if COREML_AVAILABLE:
+            predict = coreml_predict(directory / description["package"])
+            coreml = partial(stream_package_logits, StreamPackage(predict, description))
+        fp16 = StreamPackage(lambda inputs: executor(**inputs), description)
+        return PackageRecognizers(fp16=partial(stream_package_logits, fp16), coreml=coreml)
+
+    references = ReferenceRecognizers(
+        fp32=partial(whole_utterance_logits, loaded.model),
         fp32_reference=lambda features: stream_logits(loaded.model, features, context),
-        fp16=partial(stream_package_logits,
-                     StreamPackage(lambda inputs: executor(**inputs), description)),
-        coreml=coreml,
     )
-    return _measure(test_sets, loaded, bundle, recognizers, executor, "streaming", progress)
+    return _GatedPackage(description["package"], STREAMING, references, recognizers)
 
 
-def _package_bytes(package: Path) -> int:
-    return sum(f.stat().st_size for f in package.rglob("*") if f.is_file())
+@dataclass(frozen=True)
+class _GatedLevel:
+    """One compression level of one package through the gate."""
+
+    level: str
+    directory: Path  # holds the package at this level
+    bytes: int
+    section: ParitySection
+    ops: dict[str, int]  # its program's op histogram
+
+
+@dataclass(frozen=True)
+class _Gate:
+    """The parity gate of one export: its test sets and settings, and where packages lie."""
+
+    loaded: LoadedCheckpoint
+    settings: ExportSettings
+    bundle: Bundle  # the export being staged: every package in it is FP16 as converted
+    test_sets: dict[str, CutSet]
+    candidates: Path  # a scratch directory for the compressed levels
+    progress: Progress
+
+    def choose(self, package: _GatedPackage) -> tuple[_GatedLevel, tuple[CompressionTrial, ...]]:
+        """Gate `package` at the levels export.compress names, the smallest first, and leave
+        the one to publish in the export: the first that passed, else (auto) the FP16 one,
+        else the one that failed. Returns it, and every level tried (empty when
+        export.compress is none)."""
+        compress = self.settings.compress
+        levels = levels_to_try(compress)
+        fp16_bytes = package_bytes(self.bundle.directory / package.file)
+        # Kept in memory only when several levels will be judged against them.
+        references = self._references(package, keep=compress == AUTO)
+        tried: list[_GatedLevel] = []
+        for level in levels:
+            tried.append(self._gate_level(package, level, references))
+            if tried[-1].section.passed:
+                break  # the levels left are larger
+        if tried[-1].section.passed:
+            chosen = tried[-1]
+        elif compress == AUTO:
+            chosen = self._gate_level(package, NONE, references)
+            tried.append(chosen)
+        else:
+            chosen = tried[-1]
+        published = self.bundle.directory / package.file
+        if chosen.directory != self.bundle.directory:
+            shutil.rmtree(published)
+            shutil.move(chosen.directory / package.file, published)
+        if compress == NONE:
+            return chosen, ()
+        return chosen, tuple(
+            CompressionTrial(package=package.file, level=gated.level, bytes=gated.bytes,
+                             fp16_bytes=fp16_bytes, section=gated.section,
+                             published=gated is chosen)
+            for gated in tried
+        )
+
+    def _references(self, package: _GatedPackage, keep: bool
+                    ) -> dict[str, Iterable[ReferenceUtterance]]:
+        references: dict[str, Iterable[ReferenceUtterance]] = {}
+        for name, cuts in self.test_sets.items():
+            utterances = featurised_utterances(cuts, self.loaded.features)
+            decoded = decode_references(utterances, package.references, self.bundle.tokenizer)
+            if keep:
+                task = self.progress.add_task(f"FP32 references on {name}", total=len(cuts))
+                decoded = [*self._advancing(decoded, task)]
+            references[name] = decoded
+        return references
+
+    def _advancing(self, items: Iterable[ReferenceUtterance], task: TaskID
+                   ) -> Iterator[ReferenceUtterance]:
+        for item in items:
+            yield item
+            self.progress.advance(task)
+
+    def _gate_level(self, package: _GatedPackage, level: str,
+                    references: dict[str, Iterable[ReferenceUtterance]]) -> _GatedLevel:
+        """`package` at `level` (none: the FP16 one in the export) through the gate."""
+        directory = self.bundle.directory
+        if level != NONE:
+            directory = self.candidates / level
+            task = self.progress.add_task(f"compressing {package.file}: {level}", total=None)
+            compress_package(self.bundle.directory / package.file, level,
+                             directory / package.file)
+            self.progress.update(task, total=1, completed=1)
+        executor = PackageExecutor(directory / package.file, mode=self.settings.executor)
+        recognizers = package.recognizers(directory, executor)
+        results = {}
+        for name, utterances in references.items():
+            task = self.progress.add_task(f"{package.file} ({level}) parity on {name}",
+                                          total=len(self.test_sets[name]))
+            results[name] = measure_test_set(
+                self._advancing(utterances, task), recognizers, self.bundle.tokenizer,
+                fp16_counter=executor,
+            )
+        thresholds = _thresholds(self.settings)
+        return _GatedLevel(level, directory, package_bytes(directory / package.file),
+                           judge(results, thresholds, package.labels), executor.op_histogram())
+
+
+def _thresholds(settings: ExportSettings) -> ParityThresholds:
+    return ParityThresholds(settings.min_identical, settings.max_wer_delta)
 
 
 STREAM_PACKAGE_FACTS = ("chunk_frames", "left_frames", "chunk_seconds", "left_seconds",
                         "algorithmic_latency_seconds")  # from frontend.json into parity.json
 
 
-def _with_streaming(report: ExportReport, bundle: Bundle, test_sets: dict[str, SetParity]
+def _with_streaming(report: ExportReport, bundle: Bundle, streaming: _GatedLevel
                     ) -> ExportReport:
-    """`report` with the streaming package's section, judged by the same thresholds."""
-    description = bundle.streaming
-    facts = {key: description[key] for key in STREAM_PACKAGE_FACTS}
-    facts["bytes"] = _package_bytes(bundle.directory / description["package"])
-    return replace(report, streaming=judge(test_sets, report.thresholds, STREAMING),
-                   stream_package=facts)
+    """`report` with the streaming package's section (judged by the same thresholds)."""
+    facts = {key: bundle.streaming[key] for key in STREAM_PACKAGE_FACTS}
+    facts["bytes"] = streaming.bytes
+    facts["compression"] = streaming.level
+    return replace(report, streaming=streaming.section, stream_package=facts)
 
 
 WANDB_SET_FIELDS = ("wer_fp32", "wer_fp32_windowed", "wer_fp16", "identical", "nonfinite",
@@ -248,6 +373,7 @@ def wandb_summary(report: ExportReport, directory: Path) -> dict:
     summary = {
         "export/passed": report.passed,
         "export/package_bytes": report.package_bytes,
+        "export/compression": report.compression,
         "export/executor": report.executor,
         "export/prenormalizer": report.prenormalizer,
         "export/softmax_rescale": report.softmax_rescale,
@@ -301,27 +427,26 @@ def update_wandb_run(loaded: LoadedCheckpoint, summary: dict) -> str | None:
 
 
 def _report(
-    loaded: LoadedCheckpoint, settings: ExportSettings, window: WindowSpec, package: Path,
-    test_sets: dict[str, SetParity], ops: dict[str, int], convert_seconds: float,
-    export_seconds: float,
+    loaded: LoadedCheckpoint, settings: ExportSettings, window: WindowSpec,
+    windowed: _GatedLevel, convert_seconds: float, export_seconds: float,
 ) -> ExportReport:
     """parity.json: the gate's verdict and reasons, per-set results, settings, package facts."""
-    thresholds = ParityThresholds(settings.min_identical, settings.max_wer_delta)
     return ExportReport(
-        windowed=judge(test_sets, thresholds),
+        windowed=windowed.section,
         checkpoint=str(loaded.path),
         variant={key: loaded.config["model"][key]
                  for key in ("name", "subsampling", "norm", "d_model", "num_layers")},
         executor=settings.executor,
         prenormalizer=settings.prenormalizer,
         softmax_rescale=settings.softmax_rescale,
-        thresholds=thresholds,
+        thresholds=_thresholds(settings),
         window=window.describe(loaded.features.settings.frames_per_second),
         coreml_runtime="run" if COREML_AVAILABLE else COREML_UNAVAILABLE_NOTE,
-        package_bytes=_package_bytes(package),
+        package_bytes=windowed.bytes,
         convert_seconds=round(convert_seconds, 2),  # checkpoint to package(s)
         export_seconds=round(export_seconds, 2),  # parity included
-        ops=ops,
+        ops=windowed.ops,
+        compression=windowed.level,
     )
 
 
@@ -341,7 +466,7 @@ def export_checkpoint(
             loaded.features.settings.frames_per_second,
         )
         progress.update(step, description="converting to an FP16 Core ML package")
-        package = _build_package(loaded, settings, window, staging)
+        _build_package(loaded, settings, window, staging)
         frontend = frontend_description(loaded.features, window, loaded.tokenizer.vocab_size)
         if context is not None:
             progress.update(step, description="converting the streaming package")
@@ -352,12 +477,17 @@ def export_checkpoint(
 
         bundle = load_bundle(staging)  # read back as any user of the directory will read it
         test_sets = _test_cuts(loaded, settings)
-        windowed, ops = _check_parity(loaded, settings, bundle, test_sets, progress)
-        streaming = (_check_stream_parity(loaded, settings, bundle, test_sets, progress)
-                     if context is not None else None)
-        report = _report(loaded, settings, window, package, windowed, ops, convert_seconds,
+        with tempfile.TemporaryDirectory(dir=staging) as candidates:
+            gate = _Gate(loaded, settings, bundle, test_sets, Path(candidates), progress)
+            windowed, trials = gate.choose(_windowed_package(loaded, bundle))
+            if context is not None:
+                streaming, stream_trials = gate.choose(_streaming_package(loaded, bundle))
+                trials += stream_trials
+        report = _report(loaded, settings, window, windowed, convert_seconds,
                          export_seconds=time.perf_counter() - started)
-        if streaming is not None:
+        if settings.compress != NONE:
+            report = replace(report, compression_trials=trials)
+        if context is not None:
             report = _with_streaming(report, bundle, streaming)
         report.write(staging / PARITY_JSON)
         (staging / PARITY_MD).write_text(parity_markdown(report))
@@ -388,5 +518,20 @@ def parity_tables(report: ExportReport) -> Group:
         for row in parity_rows(section):
             table.add_row(*row)
         tables.append(table)
-    tables[-1].caption = f"Core ML runtime: {report.coreml_runtime}"
+    if report.compression_trials:
+        tables.append(_compression_table(report))
+    tables[-1].caption = "\n".join(
+        [*compression_notes(report), f"Core ML runtime: {report.coreml_runtime}"])
     return Group(f"Export parity {verdict} (executor {report.executor}; WER in %)", *tables)
+
+
+def _compression_table(report: ExportReport) -> Table:
+    """Every compression level tried, with its size; the published one says so."""
+    table = Table(title="Compression levels tried (export.compress)", title_justify="left",
+                  caption_justify="left", show_edge=False)
+    for column in COMPRESSION_COLUMNS:
+        left = column in ("package", "level", "test set", "verdict")
+        table.add_column(column, justify="left" if left else "right")
+    for row in compression_rows(report):
+        table.add_row(*row)
+    return table

@@ -17,6 +17,7 @@ docs/numerics.md section 1), so the package of a stabilised norm gives bit for b
 
 Every run counts the non-finite values that op outputs (and the hidden statistics of fused
 normalisations and softmax) contain, per op type, so callers can report `nonfinite_count`.
+Compressed weights (`constexpr_*` ops, export.compress) are decompressed once, at load.
 Kernels live in `kernels`, the FP16 arithmetic in `fp16`, package reading in `package`.
 """
 
@@ -92,8 +93,12 @@ class PackageExecutor:
             for op in operations
             if op.op_type == "const"
         }
-        self._steps = self._plan([op for op in operations if op.op_type != "const"])
         self.reset_stats()
+        self._decompress([op for op in operations if _is_constexpr(op)])
+        self._steps = self._plan(
+            [op for op in operations if op.op_type != "const" and not _is_constexpr(op)]
+        )
+        self._drop_unread_constants()
 
     # -- description -----------------------------------------------------------------------
 
@@ -189,6 +194,30 @@ class PackageExecutor:
 
     # -- loading ---------------------------------------------------------------------------
 
+    def _decompress(self, operations: list[Operation]) -> None:
+        """Run the compressed weights' constexpr ops (export.compress) once, into constants.
+
+        Every input of a constexpr op is a constant, so its output is one too: Core ML itself
+        may decompress at load time or at run time, with the same values. Their kernels
+        compute in float32; an output of FP16 type (the type of the scale or lookup table, in
+        an FP16 program) is then rounded to FP16 in every mode, fp32 included: it is a
+        constant of the program, as exactly FP16 as the constants it replaced.
+        """
+        from coremltools.converters.mil.mil import types
+
+        for op in operations:
+            self._run_step(self._step(op, release=()), self._constants)
+            for var in op.outputs:
+                if var.dtype == types.fp16:
+                    self._constants[var.name] = stored_value(self._constants[var.name], True)
+
+    def _drop_unread_constants(self) -> None:
+        """Free the constants no step reads: the compressed weights, once decompressed."""
+        read = {name for step in self._steps for _, source in step.sources
+                for name in ((source,) if isinstance(source, str) else source)}
+        read.update(self._output_names)
+        self._constants = {name: value for name, value in self._constants.items() if name in read}
+
     def _check_supported(self, operations: list[Operation]) -> None:
         unsupported = Counter(
             op.op_type for op in operations if op.op_type != "const" and op.op_type not in KERNELS
@@ -256,6 +285,10 @@ def stored_value(value: Any, rounds_to_fp16: bool) -> Any:
         return array
     # The reshape keeps a scalar (a reduction over every axis) 0-d: the rounding returns 1-d.
     return round_to_fp16(array).reshape(array.shape)
+
+
+def _is_constexpr(op: Operation) -> bool:
+    return op.op_type.startswith("constexpr_")
 
 
 def _input_vars(op: Operation) -> Iterator[Var]:

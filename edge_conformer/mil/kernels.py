@@ -750,3 +750,46 @@ def shape(num: Numerics, x: np.ndarray) -> np.ndarray:
 def range_1d(num: Numerics, end: Any, start: Any, step: Any) -> np.ndarray:
     # np.arange widens int32 bounds to int64; MIL's range keeps their type.
     return np.arange(start, end, step, dtype=np.result_type(start, end, step))
+
+
+# ---------------------------------------------------------------------------------------------
+# Compressed weights (export.compress, edge_conformer/export/compress.py): the iOS16 constexpr
+# ops coremltools.optimize.coreml writes for the packages' iOS16 target. Their inputs are all
+# constants, so the executor runs them once, at load, as Core ML may (see executor.py).
+
+
+@register("constexpr_affine_dequantize")
+def constexpr_affine_dequantize(
+    num: Numerics, quantized_data: np.ndarray, zero_point: np.ndarray, scale: np.ndarray,
+    axis: int,
+) -> np.ndarray:
+    """scale * (quantized_data - zero_point); a vector scale or zero point runs along `axis`."""
+    def along_axis(param: np.ndarray) -> np.ndarray:
+        if np.ndim(param) == 0:
+            return np.asarray(param, dtype=np.float32)
+        shape = [1] * quantized_data.ndim
+        shape[int(axis)] = -1
+        return np.asarray(param, dtype=np.float32).reshape(shape)
+
+    return along_axis(scale) * (quantized_data.astype(np.float32) - along_axis(zero_point))
+
+
+@register("constexpr_lut_to_dense")
+def constexpr_lut_to_dense(
+    num: Numerics, indices: np.ndarray, lut: np.ndarray, shape: Sequence[int],
+    vector_axis: int | None = None,
+) -> np.ndarray:
+    """lut[index] for every element of `shape`, row-major. The indices are log2(len(lut))-bit
+    fields packed into `indices` least significant bit first, an index split across two bytes
+    continuing in the low bits of the next.
+
+    iOS16's op. iOS18's (per-group and vector palettes: unpacked indices, a lut per group, an
+    optional vector_axis and no shape) is not implemented: the packages target iOS16.
+    """
+    if vector_axis is not None:
+        raise NotImplementedError("iOS18 vector palettes (vector_axis) are not implemented")
+    nbits = int(np.log2(lut.size))
+    count = int(np.prod(_int_tuple(shape)))
+    bits = np.unpackbits(indices.astype(np.uint8), bitorder="little")[: count * nbits]
+    weights = (1 << np.arange(nbits)).astype(np.int64)  # bit j of a field is worth 2**j
+    return lut[bits.reshape(count, nbits).astype(np.int64) @ weights].reshape(_int_tuple(shape))
