@@ -141,8 +141,8 @@ def subsampling_share(model: ConformerCTC, seconds: float = 10.0) -> float:
 
 def test_subsampling_channels_narrow_the_front_to_the_papers_share():
     """docs/model.md: model.subsampling_channels=16 brings xs's depthwise subsampling from a
-    quarter of the FLOPs to the paper's 4 %; only the front narrows."""
-    default = build_model(model_config("xs"), 256, 80).eval()
+    quarter of the FLOPs (at d_model channels) to the paper's 4 %; only the front narrows."""
+    default = build_model(model_config("xs", "model.subsampling_channels=null"), 256, 80).eval()
     narrow = build_model(model_config("xs", "model.subsampling_channels=16"), 256, 80).eval()
     assert narrow.subsampling.conv1.out_channels == 16 and narrow.d_model == default.d_model
     assert narrow.subsampling.out.in_features == 16 * 20  # 80 mel bins / 4
