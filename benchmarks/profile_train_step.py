@@ -39,8 +39,6 @@ STEP_ACTIONS = {
     "[Strategy]SingleDeviceStrategy.training_step": "forward + loss + logging",
     "[Strategy]SingleDeviceStrategy.backward": "backward",
     "[LightningModule]CTCModule.optimizer_step": "optimiser step (incl. forward/backward)",
-    "[Callback]ModelCheckpoint{'monitor': None, 'mode': 'min', 'every_n_train_steps': 100, "
-    "'every_n_epochs': 0, 'train_time_interval': None}.on_train_batch_end": "checkpointing",
     "run_training_batch": "whole step",
     "[_EvaluationLoop].val_next": "validation: wait for the loader",
     "[Strategy]SingleDeviceStrategy.validation_step": "validation: forward + decode",
@@ -136,10 +134,6 @@ def main() -> None:
         if action in actions:
             mean, calls = actions[action]
             print(f"| {label} | {1000 * mean:.1f} | {calls} |")
-    validation = actions.get("[_TrainingEpochLoop].val_loop_run") or actions.get(
-        "[_EvaluationLoop].run")
-    if validation:
-        print(f"| one validation (dev set) | {1000 * validation[0]:.0f} | {validation[1]} |")
     print("\n| loader work per batch (one process) | mean ms |\n|---|---:|")
     for name, seconds in loader_work(cfg, min(args.steps, 20)).items():
         print(f"| {name} | {1000 * seconds:.1f} |")
