@@ -4,6 +4,8 @@
     python export.py "ckpt='outputs/<run>/checkpoints/best-step=700.ckpt'" out=exports/x
     python export.py ckpt=... out=... export.executor=fp16 export.prenormalizer=none
     python export.py ckpt=... out=... export.compress=auto   # the smallest package that passes
+    python export.py ckpt=... out=... decode.beam_size=8 decode.lexicon=data/digits/lm/lexicon.txt
+                                      # beam-search WERs beside the gate's greedy ones
 
 (A path holding "=", as Lightning's checkpoint names do, must be quoted for Hydra as above.)
 
@@ -40,7 +42,8 @@ def main(cfg: DictConfig) -> None:
     from edge_conformer.runtime.bundle import PARITY_MD
 
     settings = OmegaConf.to_object(cfg.export)  # ExportSettings (edge_conformer/config)
-    outcome = export_checkpoint(cfg.ckpt, cfg.out, settings)
+    decode = OmegaConf.to_object(cfg.decode)  # DecodeSettings: beam WERs beside greedy's
+    outcome = export_checkpoint(cfg.ckpt, cfg.out, settings, decode=decode)
     console = make_console()
     console.print(parity_tables(outcome.report))
     if outcome.passed:

@@ -214,6 +214,10 @@ class SetParity(Record):
     nonfinite_by_op_type: dict[str, int]
     first_nonfinite_op: str | None  # where the first one appeared (a MIL op or input name)
     coreml: CoreMLParity | None = None
+    # The same logits beam-searched (export.py's decode.*), reported beside greedy, not gated;
+    # None when the export ran greedy only.
+    wer_fp32_windowed_beam: float | None = None
+    wer_fp16_beam: float | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> SetParity:
@@ -291,6 +295,8 @@ class ExportReport(Record):
     compression: str | None = None
     # Every level the gate tried, per package, in order; None when export.compress was none.
     compression_trials: tuple[CompressionTrial, ...] | None = None
+    # The beam search behind the sets' *_beam WERs (Decoder.description); None: greedy only.
+    beam_decoder: str | None = None
 
     @property
     def passed(self) -> bool:

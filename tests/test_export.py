@@ -12,10 +12,14 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, TEST_EXPORT, run_export
 from edge_conformer.config.schemas import ConfigError
+from edge_conformer.data.corpora.digits import DIGIT_WORDS
+from edge_conformer.decode.beam import decode_settings
+from edge_conformer.decode.lexicon import lexicon_from_texts, write_lexicon
 from edge_conformer.export import pipeline
 from edge_conformer.export.pipeline import ExportSettings, export_checkpoint
 from edge_conformer.export.publish import EXPORT_MARKER
 from edge_conformer.records import ExportReport
+from edge_conformer.runtime.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -68,12 +72,33 @@ def test_export_adds_its_numbers_to_the_training_runs_wandb(digits_export, train
     assert b"export/test/wer_fp16" in logs[-1].read_bytes()
 
 
-def test_export_passes_with_the_fp16_executor(trained_digits_run: Path, tmp_path: Path) -> None:
+def test_export_passes_with_the_fp16_executor_and_reports_beam_wers(
+    trained_digits_run: Path, tmp_path: Path
+) -> None:
+    tokenizer = load_checkpoint(trained_digits_run, tmp_path).tokenizer
+    lexicon = write_lexicon(lexicon_from_texts(DIGIT_WORDS, tokenizer), tmp_path / "lexicon.txt")
+    beam = decode_settings(beam_size=4, lexicon=str(lexicon))
     outcome = export_checkpoint(
-        trained_digits_run, tmp_path / "fp16", settings(executor="fp16", wandb=False)
+        trained_digits_run, tmp_path / "fp16", settings(executor="fp16", wandb=False),
+        decode=beam,
     )
     assert outcome.directory == tmp_path / "fp16" and outcome.report.executor == "fp16"
     assert_parity_holds(outcome.report)
+    assert outcome.report.beam_decoder.startswith("beam search: beam 4, lexicon ")
+    for result in outcome.report.windowed.test_sets.values():
+        # The lexicon allows only digit words: beam WERs are measured, and at most 100 %.
+        assert 0 <= result.wer_fp32_windowed_beam <= 100 and 0 <= result.wer_fp16_beam <= 100
+    assert "WER beam (fp32 / fp16)" in (outcome.directory / "parity.md").read_text()
+
+
+def test_export_py_names_a_missing_lexicon_before_converting(
+    trained_digits_run: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nowhere" / "lexicon.txt"
+    done = run_export(trained_digits_run, tmp_path / "out", "decode.beam_size=4",
+                      f"decode.lexicon={missing}")
+    assert done.returncode == 1 and str(missing) in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")

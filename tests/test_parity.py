@@ -30,6 +30,7 @@ from edge_conformer.export.parity import (
     measure_test_set,
     parity_markdown,
 )
+from edge_conformer.decode.beam import greedy_decoder
 from edge_conformer.export.pipeline import parity_tables, publish_if_passed, wandb_summary
 from edge_conformer.export.publish import staging_dir
 from edge_conformer.records import (
@@ -124,6 +125,40 @@ def test_a_test_set_is_measured_into_a_set_parity_record() -> None:
     assert mismatch.fp32_margin_ulps == 2.56 and result.tied_mismatches == 1
     assert (result.nonfinite, result.first_nonfinite_op) == (2, "exp_1")  # this set's only
     assert result.coreml is None
+
+
+def test_a_beam_decodes_the_fp32_and_the_fp16_logits_beside_greedy() -> None:
+    # The greedy decoder stands in for a beam: what matters is which logits each WER decodes.
+    word = torch.tensor([[0.0, 5.0, 4.0], [5.0, 0.0, 1.0]])
+    tokenizer = SimpleNamespace(decode=lambda ids: " ".join(["one", "two"][i] for i in ids))
+    executor, identity, beam = CountingExecutor(), (lambda logits: logits), greedy_decoder()
+    references = decode_references(
+        [EvalUtterance("utt-1", "one", word)],
+        ReferenceRecognizers(fp32=identity, fp32_reference=identity), tokenizer, beam,
+    )
+    result = measure_test_set(references, PackageRecognizers(fp16=executor.run_fp16), tokenizer,
+                              fp16_counter=executor, beam=beam)
+    assert (result.wer_fp32_windowed_beam, result.wer_fp16_beam) == (0.0, 100.0)
+    assert (result.wer_fp32_windowed, result.wer_fp16) == (0.0, 100.0)  # greedy, as gated
+
+
+def test_reports_show_beam_wers_only_when_measured(tmp_path) -> None:
+    greedy_only = export_report()
+    assert "beam" not in parity_markdown(greedy_only)
+    assert not [key for key in wandb_summary(greedy_only, tmp_path) if "beam" in key]
+    beam = export_report(test_sets={"test": set_parity(wer_fp32_windowed_beam=4.0,
+                                                       wer_fp16_beam=4.5)},
+                         beam_decoder="beam search: beam 8")
+    markdown = parity_markdown(beam)
+    assert "| test set | utts | WER fp32 | WER fp32 windowed | WER fp16 | " \
+           "WER beam (fp32 / fp16) | identical |" in markdown
+    assert "| test | 200 | 4.50 | 5.00 | 5.00 | 4.00 / 4.50 | 1.000 |" in markdown
+    assert "beam WERs (not gated): beam search: beam 8" in markdown
+    assert ExportReport.from_json(json.loads(json.dumps(beam.to_json()))) == beam
+    assert wandb_summary(beam, tmp_path)["export/test/wer_fp16_beam"] == 4.5
+    console = Console(file=io.StringIO(), width=140)
+    console.print(parity_tables(beam))
+    assert "4.00 / 4.50" in console.file.getvalue()
 
 
 def test_parity_md_renders_the_report_record() -> None:

@@ -643,6 +643,9 @@ class ExportConfig:
     ckpt: str = MISSING
     out: str = MISSING
     export: ExportSettings = MISSING
+    # The beam search the parity report adds beside the gate's greedy WERs (conf/decode);
+    # beam_size null (the default): greedy only.
+    decode: DecodeSettings = MISSING
 
 
 # ConfigStore names (group `schema`) the YAML defaults lists refer to.

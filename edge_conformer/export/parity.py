@@ -12,7 +12,9 @@ package are then judged against them (`ReferenceUtterance`), and the package's w
 - `coreml` (macOS only): the package in the real Core ML runtime.
 
 FP16 is judged against `fp32_reference`, which differs from it only in arithmetic; the cost of
-windows or chunks is `fp32_reference` against `fp32`, reported but not gated. Each package of
+windows or chunks is `fp32_reference` against `fp32`, reported but not gated. Given a beam
+decoder (export.py's `decode.*`), the `fp32_reference` and `fp16` logits are also beam-searched
+and their WERs reported beside greedy's; the gate judges greedy transcripts only. Each package of
 an export (model.mlpackage by windows, stream.mlpackage by chunks) is measured by the same
 `measure_test_set` into a section of its own, judged by the same thresholds.
 """
@@ -33,6 +35,7 @@ from edge_conformer.data.features import LogMelFeatures
 from edge_conformer.data.manifests import cut_text
 from edge_conformer.data.tokenizer import Tokenizer
 from edge_conformer.decode import decode_logits, error_rates
+from edge_conformer.decode.beam import Decoder, decode_text
 from edge_conformer.export.compress import NONE
 from edge_conformer.numerics import FP16
 from edge_conformer.records import (
@@ -90,6 +93,7 @@ class ReferenceUtterance:
     logits: torch.Tensor  # fp32_reference's: the FP16 logits' PSNR and flips are against them
     fp32: str  # the transcripts of the two FP32 ways
     fp32_reference: str
+    fp32_reference_beam: str | None  # fp32_reference's logits beam-searched; None: no beam
 
 
 @dataclass(frozen=True)
@@ -140,15 +144,18 @@ def featurised_utterances(cuts: CutSet, features: LogMelFeatures) -> Iterator[Ev
 
 
 def decode_references(
-    utterances: Iterable[EvalUtterance], recognizers: ReferenceRecognizers, tokenizer: Tokenizer
+    utterances: Iterable[EvalUtterance], recognizers: ReferenceRecognizers, tokenizer: Tokenizer,
+    beam: Decoder | None = None,
 ) -> Iterator[ReferenceUtterance]:
-    """The utterances decoded the FP32 ways, in order (lazily: keep them to reuse them)."""
+    """The utterances decoded the FP32 ways, in order (lazily: keep them to reuse them), and
+    by `beam` too if given."""
     for utt in utterances:
         logits = recognizers.fp32_reference(utt.features)
         yield ReferenceUtterance(
             utt.utt_id, utt.text, utt.features, logits,
             fp32=decode_logits(recognizers.fp32(utt.features), tokenizer),
             fp32_reference=decode_logits(logits, tokenizer),
+            fp32_reference_beam=None if beam is None else decode_text(beam, logits, tokenizer),
         )
 
 
@@ -208,10 +215,12 @@ def measure_test_set(
     recognizers: PackageRecognizers,
     tokenizer: Tokenizer,
     fp16_counter: NonfiniteCounter,
+    beam: Decoder | None = None,
 ) -> SetParity:
     """Decode every utterance the package's ways beside its FP32 references; WERs (percent),
     identical share, logits PSNR, and the non-finite values `fp16_counter` (the executor behind
-    `recognizers.fp16`) saw meanwhile.
+    `recognizers.fp16`) saw meanwhile. With `beam` (the one the references were decoded
+    with), the FP16 logits are beam-searched too, for the beam WERs.
 
     The record's `*_windowed` fields hold `fp32_reference`'s results, whichever way it runs.
     """
@@ -222,9 +231,13 @@ def measure_test_set(
     psnr = PsnrMeter()
     mismatches = []
     tied_mismatches = 0
+    beam_hyps: dict[str, list[str]] = {"fp32_windowed": [], "fp16": []}
     for utt in utterances:
         fp16 = recognizers.fp16(utt.features)
         psnr.add(utt.logits, fp16)
+        if beam is not None:
+            beam_hyps["fp32_windowed"].append(utt.fp32_reference_beam)
+            beam_hyps["fp16"].append(decode_text(beam, fp16, tokenizer))
         transcripts = {
             "fp32": utt.fp32,
             "fp32_windowed": utt.fp32_reference,
@@ -243,6 +256,8 @@ def measure_test_set(
                                            fp32_margin_ulps=round(margin_ulps, 2)))
 
     wer = {way: error_rates(refs, way_hyps)["wer"] for way, way_hyps in hyps.items()}
+    beam_wer = {way: None if beam is None else error_rates(refs, way_hyps)["wer"]
+                for way, way_hyps in beam_hyps.items()}
     coreml = None
     if recognizers.coreml:
         coreml = CoreMLParity(
@@ -253,6 +268,8 @@ def measure_test_set(
         wer_fp32=wer["fp32"],
         wer_fp32_windowed=wer["fp32_windowed"],
         wer_fp16=wer["fp16"],
+        wer_fp32_windowed_beam=beam_wer["fp32_windowed"],
+        wer_fp16_beam=beam_wer["fp16"],
         windowing_cost=wer["fp32_windowed"] - wer["fp32"],
         identical=_share_identical(hyps["fp16"], hyps["fp32_windowed"]),
         # Diagnostic only (see TIE_ULPS): the gate counts these as differing.
@@ -312,9 +329,17 @@ def judge(
 # Reports: parity.md and the console tables share their columns and rows
 
 
-def table_columns(labels: SectionLabels) -> tuple[str, ...]:
-    return ("test set", "utts", *labels.wer_columns, "identical", "non-finite", "PSNR dB",
-            "Core ML")
+BEAM_COLUMN = "WER beam (fp32 / fp16)"  # beside the greedy WERs, when the export ran a beam
+
+
+def _has_beam(section: ParitySection) -> bool:
+    return any(result.wer_fp16_beam is not None for result in section.test_sets.values())
+
+
+def table_columns(labels: SectionLabels, section: ParitySection) -> tuple[str, ...]:
+    beam = (BEAM_COLUMN,) if _has_beam(section) else ()
+    return ("test set", "utts", *labels.wer_columns, *beam, "identical", "non-finite",
+            "PSNR dB", "Core ML")
 
 
 def _coreml_cell(result: SetParity) -> str:
@@ -331,6 +356,7 @@ def _psnr_cell(result: SetParity) -> str:
 def parity_rows(section: ParitySection) -> list[tuple[str, ...]]:
     """One row of `table_columns` per test set."""
     rows = []
+    beam = _has_beam(section)
     for name, result in section.test_sets.items():
         rows.append((
             name,
@@ -338,6 +364,8 @@ def parity_rows(section: ParitySection) -> list[tuple[str, ...]]:
             f"{result.wer_fp32:.2f}",
             f"{result.wer_fp32_windowed:.2f}",
             f"{result.wer_fp16:.2f}",
+            *((f"{result.wer_fp32_windowed_beam:.2f} / {result.wer_fp16_beam:.2f}",)
+              if beam else ()),
             f"{result.identical:.3f}",
             str(result.nonfinite),
             _psnr_cell(result),
@@ -418,12 +446,13 @@ def _settings_line(report: ExportReport) -> str:
         f"{report.package_bytes / 1e6:.2f} MB (weights: {report.compression or NONE}), export "
         f"{report.export_seconds:.0f} s; "
         f"Core ML runtime: {report.coreml_runtime}"
+        + (f"; beam WERs (not gated): {report.beam_decoder}" if report.beam_decoder else "")
     )
 
 
 def _section_markdown(labels: SectionLabels, section: ParitySection, report: ExportReport
                       ) -> list[str]:
-    columns = table_columns(labels)
+    columns = table_columns(labels, section)
     return [
         f"## {section_title(labels, section, report)}",
         "",

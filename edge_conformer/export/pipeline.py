@@ -42,7 +42,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from edge_conformer.config.schemas import ExportSettings
+from edge_conformer.config.schemas import DecodeSettings, ExportSettings
+from edge_conformer.decode.beam import Decoder, beam_decoder
 from edge_conformer.data.manifests import load_cuts
 from edge_conformer.export.compress import (
     AUTO,
@@ -267,6 +268,7 @@ class _Gate:
     test_sets: dict[str, CutSet]
     candidates: Path  # a scratch directory for the compressed levels
     progress: Progress
+    beam: Decoder | None  # reported beside greedy (decode.*), not gated; None: greedy only
 
     def choose(self, package: _GatedPackage) -> tuple[_GatedLevel, tuple[CompressionTrial, ...]]:
         """Gate `package` at the levels export.compress names, the smallest first, and leave
@@ -308,7 +310,8 @@ class _Gate:
         references: dict[str, Iterable[ReferenceUtterance]] = {}
         for name, cuts in self.test_sets.items():
             utterances = featurised_utterances(cuts, self.loaded.features)
-            decoded = decode_references(utterances, package.references, self.bundle.tokenizer)
+            decoded = decode_references(utterances, package.references, self.bundle.tokenizer,
+                                        self.beam)
             if keep:
                 task = self.progress.add_task(f"FP32 references on {name}", total=len(cuts))
                 decoded = [*self._advancing(decoded, task)]
@@ -339,7 +342,7 @@ class _Gate:
                                           total=len(self.test_sets[name]))
             results[name] = measure_test_set(
                 self._advancing(utterances, task), recognizers, self.bundle.tokenizer,
-                fp16_counter=executor,
+                fp16_counter=executor, beam=self.beam,
             )
         thresholds = _thresholds(self.settings)
         return _GatedLevel(level, directory, package_bytes(directory / package.file),
@@ -365,6 +368,17 @@ def _with_streaming(report: ExportReport, bundle: Bundle, streaming: _GatedLevel
 
 WANDB_SET_FIELDS = ("wer_fp32", "wer_fp32_windowed", "wer_fp16", "identical", "nonfinite",
                     "logits_psnr_db")  # the SetParity fields an export adds to W&B, per set
+WANDB_BEAM_FIELDS = ("wer_fp32_windowed_beam", "wer_fp16_beam")  # added when measured
+
+
+def _sets_summary(prefix: str, section: ParitySection) -> dict:
+    """W&B summary keys of `section`'s per-set numbers, under `prefix`."""
+    return {
+        f"{prefix}/{name}/{key}": getattr(result, key)
+        for name, result in section.test_sets.items()
+        for key in WANDB_SET_FIELDS + WANDB_BEAM_FIELDS
+        if key in WANDB_SET_FIELDS or getattr(result, key) is not None
+    }
 
 
 def wandb_summary(report: ExportReport, directory: Path) -> dict:
@@ -380,17 +394,13 @@ def wandb_summary(report: ExportReport, directory: Path) -> dict:
         "export/window_seconds": report.window["seconds"],
         "export/export_seconds": report.export_seconds,
         "export/directory": str(directory),
+        **_sets_summary("export", report.windowed),
     }
-    for name, result in report.windowed.test_sets.items():
-        for key in WANDB_SET_FIELDS:
-            summary[f"export/{name}/{key}"] = getattr(result, key)
     if report.streaming is not None:  # the same numbers under export/stream/
         summary["export/stream/passed"] = report.streaming.passed
         for key, value in (report.stream_package or {}).items():
             summary[f"export/stream/{key}"] = value
-        for name, result in report.streaming.test_sets.items():
-            for key in WANDB_SET_FIELDS:
-                summary[f"export/stream/{name}/{key}"] = getattr(result, key)
+        summary.update(_sets_summary("export/stream", report.streaming))
     return summary
 
 
@@ -451,9 +461,11 @@ def _report(
 
 
 def export_checkpoint(
-    ckpt: str | Path, out: str | Path, settings: ExportSettings, console: Console | None = None
+    ckpt: str | Path, out: str | Path, settings: ExportSettings, console: Console | None = None,
+    decode: DecodeSettings | None = None,
 ) -> ExportOutcome:
-    """Export a checkpoint (or a run directory's) into `out`, if and only if parity passes."""
+    """Export a checkpoint (or a run directory's) into `out`, if and only if parity passes;
+    with a beam size in `decode`, the report gives beam-search WERs beside greedy's."""
     started = time.perf_counter()
     out = check_publishable(out)  # before any work: a refused export costs nothing
     with staging_dir(out) as staging, _progress(console or Console(stderr=True)) as progress:
@@ -461,6 +473,10 @@ def export_checkpoint(
         loaded = load_checkpoint(ckpt, tokenizer_dir=staging)
         # Refused here, before the minutes of conversion, if the model cannot stream.
         context = streaming_context(settings.streaming, loaded.config, loaded.path)
+        # Likewise a lexicon or LM that cannot be used (UserInputError naming the file).
+        beam = None
+        if decode is not None and decode.beam_size is not None:
+            beam = beam_decoder(decode, loaded.tokenizer)
         window = WindowSpec.from_seconds(
             settings.window_seconds, settings.overlap_seconds,
             loaded.features.settings.frames_per_second,
@@ -478,7 +494,7 @@ def export_checkpoint(
         bundle = load_bundle(staging)  # read back as any user of the directory will read it
         test_sets = _test_cuts(loaded, settings)
         with tempfile.TemporaryDirectory(dir=staging) as candidates:
-            gate = _Gate(loaded, settings, bundle, test_sets, Path(candidates), progress)
+            gate = _Gate(loaded, settings, bundle, test_sets, Path(candidates), progress, beam)
             windowed, trials = gate.choose(_windowed_package(loaded, bundle))
             if context is not None:
                 streaming, stream_trials = gate.choose(_streaming_package(loaded, bundle))
@@ -487,6 +503,8 @@ def export_checkpoint(
                          export_seconds=time.perf_counter() - started)
         if settings.compress != NONE:
             report = replace(report, compression_trials=trials)
+        if beam is not None:
+            report = replace(report, beam_decoder=beam.description)
         if context is not None:
             report = _with_streaming(report, bundle, streaming)
         report.write(staging / PARITY_JSON)
@@ -513,7 +531,7 @@ def parity_tables(report: ExportReport) -> Group:
         # No outer border: the streaming table's columns then fit 120 columns unwrapped.
         table = Table(title=section_title(labels, section, report), title_justify="left",
                       show_edge=False)
-        for column in table_columns(labels):
+        for column in table_columns(labels, section):
             table.add_column(column, justify="left" if column == "test set" else "right")
         for row in parity_rows(section):
             table.add_row(*row)
