@@ -15,6 +15,7 @@ from record_samples import MISMATCH, export_report, set_parity
 from rich.console import Console
 
 from conftest import REPO
+from edge_conformer.decode.beam import greedy_decoder
 from edge_conformer.export.parity import (
     STREAMING,
     TIE_ULPS,
@@ -30,7 +31,6 @@ from edge_conformer.export.parity import (
     measure_test_set,
     parity_markdown,
 )
-from edge_conformer.decode.beam import greedy_decoder
 from edge_conformer.export.pipeline import parity_tables, publish_if_passed, wandb_summary
 from edge_conformer.export.publish import staging_dir
 from edge_conformer.records import (

@@ -43,8 +43,8 @@ from rich.progress import (
 from rich.table import Table
 
 from edge_conformer.config.schemas import DecodeSettings, ExportSettings
-from edge_conformer.decode.beam import Decoder, beam_decoder
 from edge_conformer.data.manifests import load_cuts
+from edge_conformer.decode.beam import Decoder, beam_decoder
 from edge_conformer.export.compress import (
     AUTO,
     NONE,
