@@ -51,6 +51,8 @@ def test_export_publishes_a_package_that_passes_parity(digits_export) -> None:
     done, out = digits_export
     assert done.returncode == 0, done.stderr[-3000:]
     assert {p.name for p in out.iterdir()} == EXPORT_FILES
+    # The package holds Core ML's files only: no debugger file beside them (convert.py).
+    assert {p.name for p in (out / "model.mlpackage").iterdir()} == {"Manifest.json", "Data"}
     report = ExportReport.read(out / "parity.json")
     assert report.executor == "fp16-strict" and report.prenormalizer == "mad"
     assert_parity_holds(report)
