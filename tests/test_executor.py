@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import itertools
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from edge_conformer.mil.executor import (
 from edge_conformer.mil.fp16 import Numerics
 from edge_conformer.mil.kernels import KERNELS
 from edge_conformer.mil.package import load_program
+from edge_conformer.numerics.formats import FP16, FP32, accumulate_mean, accumulate_sum
 
 CHANNELS = 32
 MELS = 16
@@ -242,6 +244,53 @@ def test_strict_sum_stalls_where_fp16_spacing_exceeds_the_term():
     # Above 2048 FP16 values are 2 apart: 2048 + 1 rounds back to 2048 (ties to even).
     np.testing.assert_array_equal(Numerics(strict_fp16=True).sum(ones, (0,), False), 2048)
     np.testing.assert_array_equal(Numerics(strict_fp16=False).sum(ones, (0,), False), 4096)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_sums_and_means_are_the_numerics_accumulation_bit_for_bit(strict: bool) -> None:
+    """Numerics computes `accumulate_sum` and `accumulate_mean` in NumPy: the same bits, over any
+    axes, on magnitudes from FP16 subnormals up to overflow and with inf, NaN and -0.0 terms
+    (a sum that meets a NaN is redone through those functions: the first inputs have none)."""
+    fmt = FP16 if strict else FP32
+    numerics = Numerics(strict_fp16=strict)
+    rng = np.random.default_rng(0)
+    inputs = itertools.product(
+        [(1, 80, 1, 16), (3, 7, 5), (600, 3)],
+        [(2.0, [-0.0]), (4.5, [np.inf, -np.inf, np.nan, -0.0])],  # largest magnitude, specials
+    )
+    for shape, (exponent, specials) in inputs:
+        x = rng.standard_normal(shape) * 10.0 ** rng.uniform(-7, exponent, shape)
+        flat = x.reshape(-1)
+        flat[rng.choice(flat.size, len(specials), replace=False)] = specials
+        x = x.astype(np.float32)
+        for axes in [(0,), (1,), (-1,), (1, 0), (0, x.ndim - 1), tuple(range(x.ndim))]:
+            for keepdims in (True, False):
+                for ours, emulated in ((numerics.sum, accumulate_sum),
+                                       (numerics.mean, accumulate_mean)):
+                    got = ours(x, axes, keepdims)
+                    want = emulated(torch.from_numpy(x), axes, fmt, keepdim=keepdims).numpy()
+                    assert isinstance(got, np.ndarray) and got.shape == want.shape
+                    assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+
+
+def test_value_preserving_ops_count_the_nonfinite_values_they_pass_on(tmp_path) -> None:
+    """The executor skips counting a value-preserving op's non-finite outputs only when none of
+    its inputs holds any: a concat of an overflowed input counts them again."""
+
+    class Doubled(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x, x], dim=1)
+
+    path = convert(Doubled(), {"x": torch.zeros(1, 4, 1, 8)}, tmp_path / "cat.mlpackage",
+                   "FLOAT16")
+    executor = PackageExecutor(path, mode="fp16")
+    assert "concat" in executor.op_histogram()
+    x = torch.ones(1, 4, 1, 8)
+    run(executor, {"x": x})
+    assert executor.nonfinite_count == 0
+    x[0, 1, 0, :3] = 1e5  # beyond FP16: inf once stored
+    run(executor, {"x": x})
+    assert executor.nonfinite_by_op_type == {"input": 3, "concat": 6}
 
 
 # ---------------------------------------------------------------------------------------------

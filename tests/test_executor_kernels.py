@@ -23,7 +23,7 @@ from coremltools.converters.mil.mil import Function, Operation
 from coremltools.converters.mil.mil.ops.defs._utils import aggregated_pad
 from coremltools.converters.mil.mil.types import nptype_from_builtin
 
-from edge_conformer.mil.executor import stored_value
+from edge_conformer.mil.executor import VALUE_PRESERVING_OPS, stored_value
 from edge_conformer.mil.fp16 import Numerics
 from edge_conformer.mil.kernels import KERNELS
 
@@ -598,6 +598,39 @@ def test_kernel_matches_coremltools(op_type, inputs, opset, reference) -> None:
         assert_same_values(got, np.asarray(want).astype(nptype_from_builtin(var.dtype)))
         # The fp16 modes store every output rounded to FP16, through torch: that must work.
         assert np.shape(stored_value(got, rounds_to_fp16=True)) == got.shape
+
+
+@pytest.mark.parametrize(
+    ("op_type", "inputs", "opset", "reference"),
+    [case for case in CASES if case.values[0] in VALUE_PRESERVING_OPS],
+)
+def test_value_preserving_kernels_keep_fp16_values(op_type, inputs, opset, reference) -> None:
+    """The fp16 modes skip rounding these ops' outputs, and counting their non-finite values
+    when no input holds any: on FP16 inputs, each must give FP16 values, finite ones if the
+    inputs are finite."""
+    op = build_op(op_type, inputs, opset, runtime_x=reference is not None and "x" in inputs)
+
+    def as_fp16(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return tuple(stored_value(item, True) for item in value)
+        return stored_value(value, True)
+
+    arguments = {name: as_fp16(value) for name, value in kernel_inputs(op, inputs).items()}
+    leaves = [item for value in arguments.values() for item in as_tuple(value)]
+    floats_in = [item for item in leaves if isinstance(item, np.ndarray) and item.dtype.kind == "f"]
+    with np.errstate(all="ignore"):
+        outputs = as_tuple(KERNELS[op_type](Numerics(strict_fp16=False), **arguments))
+    for got in map(np.asarray, outputs):
+        if got.dtype.kind != "f":
+            continue
+        assert got.dtype == np.float32
+        assert got.tobytes() == stored_value(got, True).tobytes()
+        if all(np.isfinite(value).all() for value in floats_in):
+            assert np.isfinite(got).all()
+
+
+def test_every_value_preserving_op_is_checked() -> None:
+    assert VALUE_PRESERVING_OPS <= {case.values[0] for case in CASES}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,6 +41,18 @@ if TYPE_CHECKING:
 EXECUTOR_MODES = tuple(MODE_ARITHMETIC)  # "fp32", "fp16", "fp16-strict"
 INPUT_OP_TYPE = "input"  # the stats key for inputs that overflow when rounded to FP16
 
+# Ops whose float outputs hold only values of their float inputs, zeros or a stored constant.
+# Every value the executor holds is already FP16 in the FP16 modes, so rounding these outputs
+# would give back the same bits, and on finite inputs they are finite: their rounding is
+# skipped, and so is their non-finite count when no input holds inf or NaN (a streaming chunk
+# has hundreds of these ops, mostly splits and concats).
+VALUE_PRESERVING_OPS = frozenset({
+    "abs", "band_part", "concat", "expand_dims", "fill", "fill_like", "gather",
+    "gather_along_axis", "identity", "maximum", "minimum", "pad", "reduce_max", "reduce_min",
+    "relu", "reshape", "reverse", "select", "slice_by_index", "slice_by_size", "split",
+    "squeeze", "stack", "tile", "transpose",
+})
+
 
 class UnsupportedOpError(NotImplementedError):
     """The package uses an op type that has no kernel in `kernels.KERNELS`."""
@@ -58,8 +70,12 @@ class _Step:
     op_type: str
     kernel: Kernel
     defaults: dict[str, Any]  # MIL defaults of the optional inputs the program leaves out
-    sources: tuple[tuple[str, str | tuple[str, ...]], ...]  # input name -> value name(s)
+    inputs: tuple[tuple[str, str], ...]  # input name -> value name
+    input_lists: tuple[tuple[str, tuple[str, ...]], ...]  # input name -> value names (concat)
+    reads: tuple[str, ...]  # every value name the op reads
     outputs: tuple[str, ...]
+    preserves_values: bool  # see VALUE_PRESERVING_OPS
+    rounds_to_fp16: bool
     release: tuple[str, ...]  # values nothing after this step reads: freed once it has run
 
 
@@ -99,6 +115,12 @@ class PackageExecutor:
             [op for op in operations if op.op_type != "const" and not _is_constexpr(op)]
         )
         self._drop_unread_constants()
+        # The constants that hold inf or NaN (a mask's -inf, say): see `_run_step`.
+        self._nonfinite_constants = frozenset(
+            name
+            for name, value in self._constants.items()
+            if isinstance(value, np.ndarray) and count_nonfinite(value)
+        )
 
     # -- description -----------------------------------------------------------------------
 
@@ -141,12 +163,15 @@ class PackageExecutor:
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         # Overflow, inf - inf and the like are what this executor is for: count, don't warn.
         with np.errstate(all="ignore"):
-            values = {**self._constants, **self._prepare_inputs(inputs)}
+            nonfinite_values = set(self._nonfinite_constants)
+            values = {**self._constants, **self._prepare_inputs(inputs, nonfinite_values)}
             for step in self._steps:
-                self._run_step(step, values)
+                self._run_step(step, values, nonfinite_values)
         return {name: values[name] for name in self._output_names}
 
-    def _prepare_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _prepare_inputs(
+        self, inputs: Mapping[str, np.ndarray], nonfinite_values: set[str]
+    ) -> dict[str, np.ndarray]:
         missing = sorted(set(self._inputs) - set(inputs))
         unexpected = sorted(set(inputs) - set(self._inputs))
         if missing or unexpected:
@@ -162,27 +187,31 @@ class PackageExecutor:
             overflowed = count_nonfinite(array)
             if overflowed:
                 self._record_nonfinite(INPUT_OP_TYPE, name, overflowed)
+                nonfinite_values.add(name)
             prepared[name] = array
         return prepared
 
-    def _run_step(self, step: _Step, values: dict[str, Any]) -> None:
-        arguments = dict(step.defaults)
-        for param, source in step.sources:
-            if isinstance(source, str):
-                arguments[param] = values[source]
-            else:
-                arguments[param] = tuple(values[name] for name in source)
+    def _run_step(self, step: _Step, values: dict[str, Any], nonfinite_values: set[str]) -> None:
+        """Run one op on `values`, store its outputs there; `nonfinite_values` names the values
+        that hold inf or NaN (kept up to date)."""
+        arguments = {param: values[name] for param, name in step.inputs}
+        for param, names in step.input_lists:
+            arguments[param] = tuple(values[name] for name in names)
         try:
-            result = step.kernel(self._numerics, **arguments)
+            result = step.kernel(self._numerics, **step.defaults, **arguments)
         except Exception as error:
             raise OpExecutionError(
                 f"{self.package_path}: op {step.name!r} ({step.op_type}) failed: {error}"
             ) from error
 
         nonfinite = self._numerics.take_hidden_nonfinite()
+        finite = step.preserves_values and nonfinite_values.isdisjoint(step.reads)
         for name, value in zip(step.outputs, _as_tuple(result), strict=True):
-            stored = self._as_stored(np.asarray(value))
-            nonfinite += count_nonfinite(stored)
+            stored = stored_value(np.asarray(value), step.rounds_to_fp16)
+            count = 0 if finite else count_nonfinite(stored)
+            if count:
+                nonfinite_values.add(name)
+                nonfinite += count
             values[name] = stored
         if nonfinite:
             self._record_nonfinite(step.op_type, step.name, nonfinite)
@@ -206,15 +235,14 @@ class PackageExecutor:
         from coremltools.converters.mil.mil import types
 
         for op in operations:
-            self._run_step(self._step(op, release=()), self._constants)
+            self._run_step(self._step(op, release=()), self._constants, nonfinite_values=set())
             for var in op.outputs:
                 if var.dtype == types.fp16:
                     self._constants[var.name] = stored_value(self._constants[var.name], True)
 
     def _drop_unread_constants(self) -> None:
         """Free the constants no step reads: the compressed weights, once decompressed."""
-        read = {name for step in self._steps for _, source in step.sources
-                for name in ((source,) if isinstance(source, str) else source)}
+        read = {name for step in self._steps for name in step.reads}
         read.update(self._output_names)
         self._constants = {name: value for name, value in self._constants.items() if name in read}
 
@@ -248,12 +276,17 @@ class PackageExecutor:
         ]
 
     def _step(self, op: Operation, release: tuple[str, ...]) -> _Step:
-        sources: list[tuple[str, str | tuple[str, ...]]] = []
-        for param, binding in op.inputs.items():
-            if isinstance(binding, (tuple, list)):
-                sources.append((param, tuple(var.name for var in binding)))
-            else:
-                sources.append((param, binding.name))
+        inputs = tuple(
+            (param, binding.name)
+            for param, binding in op.inputs.items()
+            if not isinstance(binding, (tuple, list))
+        )
+        input_lists = tuple(
+            (param, tuple(var.name for var in binding))
+            for param, binding in op.inputs.items()
+            if isinstance(binding, (tuple, list))
+        )
+        preserves_values = op.op_type in VALUE_PRESERVING_OPS
         defaults = {
             param: self._as_stored(value)
             for param, value in op.default_inputs().items()
@@ -264,8 +297,12 @@ class PackageExecutor:
             op_type=op.op_type,
             kernel=KERNELS[op.op_type],
             defaults=defaults,
-            sources=tuple(sources),
+            inputs=inputs,
+            input_lists=input_lists,
+            reads=tuple(var.name for var in _input_vars(op)),
             outputs=tuple(var.name for var in op.outputs),
+            preserves_values=preserves_values,
+            rounds_to_fp16=self._rounds_to_fp16 and not preserves_values,
             release=release,
         )
 
@@ -275,16 +312,16 @@ def stored_value(value: Any, rounds_to_fp16: bool) -> Any:
 
     Strings, integers, bools and None (op parameters, indices, masks) pass unchanged.
     """
-    is_float = isinstance(value, (float, np.floating)) or (
-        isinstance(value, np.ndarray) and value.dtype.kind == "f"
+    # An array (every op output) first: this runs on every output of every op.
+    is_float = (
+        value.dtype.kind == "f"
+        if isinstance(value, np.ndarray)
+        else isinstance(value, (float, np.floating))
     )
     if not is_float:
         return value
     array = np.asarray(value, dtype=np.float32)
-    if not rounds_to_fp16:
-        return array
-    # The reshape keeps a scalar (a reduction over every axis) 0-d: the rounding returns 1-d.
-    return round_to_fp16(array).reshape(array.shape)
+    return round_to_fp16(array) if rounds_to_fp16 else array
 
 
 def _is_constexpr(op: Operation) -> bool:
