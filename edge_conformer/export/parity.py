@@ -336,10 +336,17 @@ def _has_beam(section: ParitySection) -> bool:
     return any(result.wer_fp16_beam is not None for result in section.test_sets.values())
 
 
+def _has_coreml(section: ParitySection) -> bool:
+    """Whether the real Core ML runtime ran (macOS); elsewhere the report's settings line and
+    caption say why not, and the table keeps its width for the numbers."""
+    return any(result.coreml is not None for result in section.test_sets.values())
+
+
 def table_columns(labels: SectionLabels, section: ParitySection) -> tuple[str, ...]:
     beam = (BEAM_COLUMN,) if _has_beam(section) else ()
+    coreml = ("Core ML",) if _has_coreml(section) else ()
     return ("test set", "utts", *labels.wer_columns, *beam, "identical", "non-finite",
-            "PSNR dB", "Core ML")
+            "PSNR dB", *coreml)
 
 
 def _coreml_cell(result: SetParity) -> str:
@@ -356,7 +363,7 @@ def _psnr_cell(result: SetParity) -> str:
 def parity_rows(section: ParitySection) -> list[tuple[str, ...]]:
     """One row of `table_columns` per test set."""
     rows = []
-    beam = _has_beam(section)
+    beam, coreml = _has_beam(section), _has_coreml(section)
     for name, result in section.test_sets.items():
         rows.append((
             name,
@@ -369,7 +376,7 @@ def parity_rows(section: ParitySection) -> list[tuple[str, ...]]:
             f"{result.identical:.3f}",
             str(result.nonfinite),
             _psnr_cell(result),
-            _coreml_cell(result),
+            *((_coreml_cell(result),) if coreml else ()),
         ))
     return rows
 
