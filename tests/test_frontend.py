@@ -78,14 +78,14 @@ def fsdd_waveforms(count: int, sample_rate: int) -> list[torch.Tensor]:
     return [read_audio(p, sample_rate) for p in random.Random(1).sample(paths, count)]
 
 
-@pytest.mark.parametrize("normalize", ["global", "none"])
+@pytest.mark.parametrize("normalize", ["global", "running", "none"])
 def test_streamed_fsdd_digits_equal_offline_features(normalize, digits_stats):
     settings = recipe_settings("digits.yaml", normalize=normalize)
-    features = LogMelFeatures(settings, digits_stats if normalize == "global" else None)
+    features = LogMelFeatures(settings, digits_stats if normalize != "none" else None)
     assert_streams_like_offline(features, fsdd_waveforms(8, settings.sample_rate))
 
 
-@pytest.mark.parametrize("normalize", ["global", "none"])
+@pytest.mark.parametrize("normalize", ["global", "running", "none"])
 def test_streamed_librispeech_equals_offline_features(normalize):
     settings = recipe_settings("common/asr_16k.yaml", normalize=normalize)
     waveform = read_audio(LIBRISPEECH_FLAC, settings.sample_rate)
@@ -93,7 +93,7 @@ def test_streamed_librispeech_equals_offline_features(normalize):
     other = read_audio(LIBRISPEECH_FLAC.with_name("3005-163389-0005.flac"), settings.sample_rate)
     log_mel = LogMelFeatures(replace(settings, normalize="none")).log_mel(other)
     stats = FeatureStats(log_mel.mean(0).tolist(), log_mel.std(0).tolist())
-    features = LogMelFeatures(settings, stats if normalize == "global" else None)
+    features = LogMelFeatures(settings, stats if normalize != "none" else None)
     assert_streams_like_offline(features, [waveform, waveform[: len(waveform) // 3]], seed=2)
 
 
@@ -207,6 +207,30 @@ def test_global_normalisation_uses_the_statistics_through_checkpoint_and_fronten
     assert torch.equal(bundle.features(waveform), features(waveform))
 
 
+def test_running_normalisation_starts_from_the_training_statistics_and_adapts(digits_stats):
+    settings = recipe_settings("digits.yaml", normalize="running", running_prior_frames=50)
+    running = LogMelFeatures(settings, digits_stats)
+    log_mel = LogMelFeatures(replace(settings, normalize="none"))(fsdd_waveforms(1, 8000)[0])
+    # Frame 0: the training split's statistics weigh 50 frames, the frame itself one.
+    mean, std = torch.tensor(digits_stats.mean).double(), torch.tensor(digits_stats.std).double()
+    first = log_mel[0].double()
+    blended_mean = (50 * mean + first) / 51
+    blended_std = ((50 * (std**2 + mean**2) + first**2) / 51 - blended_mean**2).sqrt()
+    torch.testing.assert_close(running.normalize(log_mel)[0],
+                               ((first - blended_mean) / (blended_std + STD_GUARD)).float())
+    # A channel that adds 3 nats to every bin (another microphone, another level): global
+    # statistics pass the offset on to the model, the running ones remove most of it by the
+    # end of a long utterance (here the recording ten times over, ~5 s).
+    long = log_mel.repeat(10, 1)
+    global_features = LogMelFeatures(replace(settings, normalize="global"), digits_stats)
+    end = slice(-len(log_mel), None)
+    global_shift = (global_features.normalize(long + 3) - global_features.normalize(long))[end]
+    running_shift = (running.normalize(long + 3) - running.normalize(long))[end]
+    assert running_shift.abs().mean() < 0.25 * global_shift.abs().mean()
+    # Each call without moments is a new utterance: the same frames give the same features.
+    torch.testing.assert_close(running.normalize(log_mel), running.normalize(log_mel))
+
+
 def test_feature_settings_load_old_configs_and_name_the_knob():
     before_normalize = {"sample_rate": 8000, "n_mels": 80, "n_fft": 256, "win_length_ms": 25,
                         "hop_length_ms": 10}
@@ -221,15 +245,20 @@ def test_feature_settings_load_old_configs_and_name_the_knob():
         FeatureSettings(normalize="per_feature")
     with pytest.raises(ValueError, match="data.features.n_mels=80"):
         LogMelFeatures(FeatureSettings(normalize="global"), FeatureStats([0.0] * 40, [1.0] * 40))
+    with pytest.raises(ValueError, match="data.features.normalize=running needs"):
+        LogMelFeatures(FeatureSettings(normalize="running"))
+    with pytest.raises(ValueError, match="data.features.running_prior_frames must be >= 1"):
+        FeatureSettings(normalize="running", running_prior_frames=0)
 
 
 @pytest.mark.slow
-def test_training_with_global_normalisation_carries_the_statistics(tmp_path):
+@pytest.mark.parametrize("normalize", ["global", "running"])
+def test_training_with_training_statistics_carries_them(normalize, tmp_path):
     """train.py measures the statistics into data_dir; its checkpoint loads with them."""
     from test_training import run_train
 
     data_dir, run_dir = tmp_path / "data", tmp_path / "run"
-    run_train(*small_digits_overrides(data_dir), "data.features.normalize=global",
+    run_train(*small_digits_overrides(data_dir), f"data.features.normalize={normalize}",
               "trainer.max_steps=2", "trainer.val_check_interval=2", "logger=csv",
               f"hydra.run.dir={run_dir}")
     (cache,) = data_dir.glob("feature_stats-*.json")
@@ -237,4 +266,4 @@ def test_training_with_global_normalisation_carries_the_statistics(tmp_path):
     loaded = load_checkpoint(run_dir, tokenizer_dir=tmp_path / "tokenizer")
     torch.testing.assert_close(loaded.features.mean, torch.tensor(measured["mean"]))
     torch.testing.assert_close(loaded.features.std, torch.tensor(measured["std"]))
-    assert Path(loaded.path).is_file() and loaded.features.settings.normalize == "global"
+    assert Path(loaded.path).is_file() and loaded.features.settings.normalize == normalize

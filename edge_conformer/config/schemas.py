@@ -24,7 +24,7 @@ from edge_conformer.errors import UserInputError
 SUBSAMPLING_KINDS = ("regular", "depthwise")  # edge_conformer/model/subsampling.py
 NORMS = ("l2", "mad")  # edge_conformer/model/norms.py
 CONV_CONTEXTS = ("symmetric", "chunk", "causal")  # edge_conformer/model/modules.py
-FEATURE_NORMALIZATIONS = ("utterance", "global", "none")  # edge_conformer/data/features.py
+FEATURE_NORMALIZATIONS = ("utterance", "global", "running", "none")  # data/features.py
 TOKENIZER_TYPES = ("unigram", "bpe", "char", "word")  # sentencepiece's model types
 BAD_DATA_POLICIES = ("skip", "error")  # edge_conformer/data/corpora/*
 NOISE_COLORS = ("white", "pink", "brown")  # edge_conformer/data/augment.py
@@ -134,9 +134,10 @@ class FeaturesConfig:
     preemphasis: float = MISSING
     dither: float = MISSING
     normalize: str = MISSING
+    running_prior_frames: int = MISSING
 
     def __post_init__(self) -> None:
-        require_at_least(self, 1, "sample_rate", "n_mels", "n_fft")
+        require_at_least(self, 1, "sample_rate", "n_mels", "n_fft", "running_prior_frames")
         hop = int(self.sample_rate * self.hop_length_ms / 1000)
         require(hop >= 1, "hop_length_ms", self.hop_length_ms,
                 f"must span at least one sample at sample_rate={self.sample_rate}")

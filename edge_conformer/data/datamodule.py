@@ -15,7 +15,12 @@ from edge_conformer.config import ConfigError
 from edge_conformer.data.augment import AugmentSettings, WaveformAugment
 from edge_conformer.data.dataset import AsrDataset
 from edge_conformer.data.feature_stats import training_feature_stats
-from edge_conformer.data.features import FeatureSettings, LogMelFeatures, SpecAugment
+from edge_conformer.data.features import (
+    WITH_TRAINING_STATS,
+    FeatureSettings,
+    LogMelFeatures,
+    SpecAugment,
+)
 from edge_conformer.data.manifests import cut_text, load_cuts
 from edge_conformer.data.storage import (
     precompute_features,
@@ -157,7 +162,7 @@ class SpeechDataModule(L.LightningDataModule):
             log.info("trained a %d-piece tokenizer: %s", self.tokenizer.vocab_size,
                      self.tokenizer_path)
         stats = None
-        if self.feature_settings.normalize == "global":
+        if self.feature_settings.normalize in WITH_TRAINING_STATS:
             stats = training_feature_stats(train_manifest, self.feature_settings, self.data_dir)
         self.features = LogMelFeatures(self.feature_settings, stats)
         if self.precompute_features:

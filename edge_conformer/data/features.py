@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +23,12 @@ LOG_GUARD = 2.0**-24  # NeMo's log zero guard: keeps log() finite on digital sil
 STD_GUARD = 1e-5  # added to standard deviations before dividing (NeMo): flat bins stay finite
 # data.features.normalize: "utterance" = each mel bin by the utterance's own mean and std
 # (NeMo "per_feature"; needs the whole utterance, so it cannot stream); "global" = by the
-# training split's per-bin mean and std; "none" = raw log-mels.
-NORMALIZATIONS = ("utterance", "global", "none")
+# training split's per-bin mean and std; "running" = by the mean and std of the frames so far,
+# the training split's standing in for the first ones (Kaldi's online CMVN: streams, and
+# adapts to the speaker and channel as the utterance goes on); "none" = raw log-mels.
+NORMALIZATIONS = ("utterance", "global", "running", "none")
+WITH_TRAINING_STATS = ("global", "running")  # the normalisations that need the training split's
+STREAMABLE = ("global", "running", "none")  # those that need no frame after the current one
 
 
 @dataclass(frozen=True)
@@ -39,12 +43,18 @@ class FeatureSettings:
     preemphasis: float = 0.97
     dither: float = 1e-5
     normalize: str = "utterance"
+    # normalize=running: how many frames' worth of weight the training split's statistics
+    # keep beside the utterance's own frames (100: after 1 s of 10 ms frames, half and half).
+    running_prior_frames: int = 100
 
     def __post_init__(self) -> None:
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(
                 f"data.features.normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}"
             )
+        if self.running_prior_frames < 1:
+            raise ValueError(f"data.features.running_prior_frames must be >= 1, got "
+                             f"{self.running_prior_frames}")
 
     @property
     def hop_length(self) -> int:
@@ -78,6 +88,18 @@ class FeatureStats:
     std: list[float]
 
 
+@dataclass
+class RunningMoments:
+    """normalize=running's memory of a stream: how many frames it has produced, and their
+    per-mel-bin sum and sum of squares (float64: a long stream's sums must not lose the
+    newest frames' share). A fresh one starts each utterance."""
+
+    frames: int = 0
+    sum: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
+    sum_squares: torch.Tensor = field(
+        default_factory=lambda: torch.zeros((), dtype=torch.float64))
+
+
 def preemphasize(waveform: torch.Tensor, coefficient: float, previous: float = 0.0) -> torch.Tensor:
     """y[n] = x[n] - coefficient * x[n-1], with x[-1] = `previous` (0 at the start of a signal,
     so y[0] = x[0]; the last sample of the previous piece when a stream arrives in pieces)."""
@@ -106,8 +128,8 @@ class LogMelFeatures(nn.Module):
             window_fn=torch.hann_window,
             power=2.0,
         )
-        if settings.normalize == "global":
-            stats = _checked_stats(stats, settings.n_mels)
+        if settings.normalize in WITH_TRAINING_STATS:
+            stats = _checked_stats(stats, settings)
             self.register_buffer("mean", torch.tensor(stats.mean, dtype=torch.float32))
             self.register_buffer("std", torch.tensor(stats.std, dtype=torch.float32))
 
@@ -127,8 +149,9 @@ class LogMelFeatures(nn.Module):
 
     @property
     def stats(self) -> FeatureStats | None:
-        """The global statistics this front end normalises by (None unless normalize=global)."""
-        if self.settings.normalize != "global":
+        """The training split's statistics this front end normalises by (None unless
+        normalize is global or running)."""
+        if self.settings.normalize not in WITH_TRAINING_STATS:
             return None
         return FeatureStats(self.mean.tolist(), self.std.tolist())
 
@@ -152,10 +175,15 @@ class LogMelFeatures(nn.Module):
         """Power spectrogram (n_fft // 2 + 1, frames) -> log-mel (frames, n_mels)."""
         return torch.log(self.mel.mel_scale(power) + LOG_GUARD).T
 
-    def normalize(self, log_mel: torch.Tensor) -> torch.Tensor:
+    def normalize(self, log_mel: torch.Tensor, moments: RunningMoments | None = None
+                  ) -> torch.Tensor:
+        """Normalised log-mel (frames, n_mels). normalize=running continues the stream whose
+        `moments` are given (and updates them), else starts a new one."""
         mode = self.settings.normalize
         if mode == "global":
             return (log_mel - self.mean) / (self.std + STD_GUARD)
+        if mode == "running":
+            return self._normalize_running(log_mel, moments or RunningMoments())
         if mode == "none":
             return log_mel
         # Per-feature normalisation over the utterance (NeMo "per_feature").
@@ -164,17 +192,38 @@ class LogMelFeatures(nn.Module):
         return (log_mel - mean) / (std + STD_GUARD)
 
 
-def _checked_stats(stats: FeatureStats | None, n_mels: int) -> FeatureStats:
+    def _normalize_running(self, log_mel: torch.Tensor, moments: RunningMoments) -> torch.Tensor:
+        """Frame t by the mean and std of frames 0..t, with the training split's statistics
+        counted as `running_prior_frames` frames more: causal, so a stream's pieces give the
+        whole utterance's frames; each frame costs the same however long the stream."""
+        frames = log_mel.double()
+        seen = moments.frames + torch.arange(1, len(frames) + 1, dtype=torch.float64)[:, None]
+        sums = moments.sum + frames.cumsum(0)
+        sums_squares = moments.sum_squares + frames.square().cumsum(0)
+        if len(frames):
+            moments.frames += len(frames)
+            moments.sum, moments.sum_squares = sums[-1], sums_squares[-1]
+        prior = float(self.settings.running_prior_frames)
+        global_mean, global_std = self.mean.double(), self.std.double()
+        weight = prior + seen
+        mean = (prior * global_mean + sums) / weight
+        second_moment = (prior * (global_std.square() + global_mean.square()) + sums_squares)
+        std = (second_moment / weight - mean.square()).clamp_min(0).sqrt()
+        return ((frames - mean) / (std + STD_GUARD)).float()
+
+
+def _checked_stats(stats: FeatureStats | None, settings: FeatureSettings) -> FeatureStats:
+    knob = f"data.features.normalize={settings.normalize}"
     if stats is None:
         raise ValueError(
-            "data.features.normalize=global needs the training split's per-mel-bin statistics "
+            f"{knob} needs the training split's per-mel-bin statistics "
             "(computed by the DataModule's prepare_data, carried in checkpoints and "
             "frontend.json), and none were given"
         )
-    if not len(stats.mean) == len(stats.std) == n_mels:
+    if not len(stats.mean) == len(stats.std) == settings.n_mels:
         raise ValueError(
-            f"data.features.normalize=global: statistics for {len(stats.mean)} means and "
-            f"{len(stats.std)} deviations do not fit data.features.n_mels={n_mels}"
+            f"{knob}: statistics for {len(stats.mean)} means and "
+            f"{len(stats.std)} deviations do not fit data.features.n_mels={settings.n_mels}"
         )
     return stats
 

@@ -50,6 +50,10 @@ COREML_UNAVAILABLE_NOTE = "not available on Linux (the Core ML runtime needs mac
 FEATURE_NORMALIZATION = {
     "utterance": "per mel bin, mean and standard deviation over the utterance",
     "global": f"per mel bin: (log_mel - feature_stats.mean) / (feature_stats.std + {STD_GUARD})",
+    "running": "per mel bin, frame t: (log_mel - m_t) / (s_t + "
+               f"{STD_GUARD}), m_t and s_t the mean and std of frames 0..t with feature_stats "
+               "counted as running_prior_frames frames more (causal; a new utterance starts "
+               "afresh)",
     "none": "none: raw log-mels",
 }
 

@@ -2,8 +2,9 @@
 
 `StreamingLogMel.accept(samples)` returns every frame whose samples are all in; `flush()` the
 last frames at the end of the stream. Together they are exactly the frames `LogMelFeatures`
-computes on the whole waveform (no dither), for `normalize` "global" or "none"; "utterance"
-needs the whole utterance's statistics and cannot stream.
+computes on the whole waveform (no dither), for `normalize` "global", "running" or "none"
+("running" carries the stream's frame sums from piece to piece); "utterance" needs the whole
+utterance's statistics and cannot stream.
 
 What `LogMelFeatures` (torchaudio's centred STFT) does, and how a stream reproduces it:
 - pre-emphasis y[n] = x[n] - a x[n-1] carries one sample from a piece to the next;
@@ -23,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edge_conformer.data.features import LogMelFeatures, preemphasize
+from edge_conformer.data.features import STREAMABLE, LogMelFeatures, RunningMoments, preemphasize
 
 
 class StreamingLogMel:
@@ -33,11 +34,11 @@ class StreamingLogMel:
     """
 
     def __init__(self, features: LogMelFeatures) -> None:
-        if features.settings.normalize == "utterance":
+        if features.settings.normalize not in STREAMABLE:
             raise ValueError(
-                "data.features.normalize=utterance normalises by the whole utterance's "
-                "statistics and cannot stream: use a model trained with "
-                "data.features.normalize=global or none"
+                f"data.features.normalize={features.settings.normalize} normalises by the "
+                "whole utterance's statistics and cannot stream: use a model trained with "
+                f"data.features.normalize={' or '.join(STREAMABLE)}"
             )
         self.features = features
         settings = features.settings
@@ -56,6 +57,7 @@ class StreamingLogMel:
         self._received = 0  # samples of the stream so far
         self._previous = 0.0  # the last raw sample: pre-emphasis of the next piece needs it
         self._next_frame = 0
+        self._moments = RunningMoments()  # normalize=running: the stream's frames so far
 
     @property
     def frames_per_second(self) -> float:
@@ -121,7 +123,7 @@ class StreamingLogMel:
             span, n_fft=self.n_fft, hop_length=self.hop, win_length=spectrogram.win_length,
             window=spectrogram.window, center=False, return_complex=True,
         ).abs().pow(2.0)
-        return self.features.normalize(self.features.log_mel_of_power(power))
+        return self.features.normalize(self.features.log_mel_of_power(power), self._moments)
 
     def _span(self, start: int, stop: int, end: int | None) -> torch.Tensor:
         """Pre-emphasised samples [start, stop) of the stream, reflect-padded at its ends;
