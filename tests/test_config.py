@@ -159,14 +159,14 @@ def test_schema_choices_are_the_codes_choices():
 
 
 def test_default_optimiser_and_schedule_are_the_recipes():
-    """AdamW (lr 1.5e-3, betas 0.9/0.98, weight decay 1e-3) and a cosine over trainer.max_steps
+    """AdamW (lr 1e-3, betas 0.9/0.98, weight decay 1e-3) and a cosine over trainer.max_steps
     with 100 warm-up steps: what the recipe's measured results were trained with."""
     optim = OmegaConf.to_container(composed("trainer.max_steps=500").optim, resolve=True)
     parameter = torch.nn.Parameter(torch.ones(3))
     optimizer = optimizer_factory(optim)([parameter])
     assert type(optimizer) is torch.optim.AdamW
     group = optimizer.param_groups[0]
-    assert (group["lr"], tuple(group["betas"]), group["weight_decay"]) == (1.5e-3, (0.9, 0.98),
+    assert (group["lr"], tuple(group["betas"]), group["weight_decay"]) == (1e-3, (0.9, 0.98),
                                                                           1e-3)
     factor, expected = lr_schedule(optim), cosine(100, 500)
     assert [factor(s) for s in (0, 50, 100, 300, 500, 600)] == [
