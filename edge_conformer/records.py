@@ -168,6 +168,9 @@ class ParityThresholds(Record):
 
     min_identical: float  # share of utterances whose FP16 transcript equals FP32-windowed's
     max_wer_delta: float  # WER points FP16 may add over FP32-windowed
+    # Whether an utterance that differs only at FP32 ties counts against min_identical
+    # (export.count_ties). Reports written before the knob existed counted them: the default.
+    count_ties: bool = True
 
 
 @dataclass(frozen=True)

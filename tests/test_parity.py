@@ -42,7 +42,7 @@ from edge_conformer.records import (
 )
 
 DEFAULTS = OmegaConf.load(REPO / "conf" / "export" / "default.yaml")
-THRESHOLDS = ParityThresholds(DEFAULTS.min_identical, DEFAULTS.max_wer_delta)
+THRESHOLDS = ParityThresholds(DEFAULTS.min_identical, DEFAULTS.max_wer_delta, DEFAULTS.count_ties)
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,9 @@ THRESHOLDS = ParityThresholds(DEFAULTS.min_identical, DEFAULTS.max_wer_delta)
         ({}, None),
         ({"identical": 0.99, "wer_fp16": 5.5}, None),  # both exactly at the limit: passes
         ({"identical": 0.985}, "identical transcripts 0.985 < min_identical 0.99"),
-        ({"identical": 0.98, "tied_mismatches": 3}, "3 of the 4 differing utterances differ only"),
+        ({"identical": 0.98, "tied_mismatches": 1},
+         "0.985 < min_identical 0.99 (1 of the 4 differing"),
+        ({"identical": 0.98, "tied_mismatches": 2}, None),  # 0.98 + 2 ties of 200: 0.99
         ({"nonfinite": 3, "first_nonfinite_op": "mul_4"}, "3 non-finite values"),
         ({"wer_fp16": 5.6}, "0.60 points above"),
         ({"utterances": 0}, "no utterances"),
@@ -63,6 +65,21 @@ def test_gate(changes: dict, reason: str | None) -> None:
         assert reasons == []
     else:
         assert len(reasons) == 1 and reasons[0].startswith("test: ") and reason in reasons[0]
+
+
+def test_ties_count_against_min_identical_only_when_asked() -> None:
+    """Utterances that differ only at FP32 ties are identical to the gate by default; with
+    count_ties every differing transcript counts, and the reason says which rule judged."""
+    tied = {"test": set_parity(identical=0.98, tied_mismatches=4)}
+    assert gate_failures(tied, THRESHOLDS) == []
+    strict = ParityThresholds(THRESHOLDS.min_identical, THRESHOLDS.max_wer_delta, count_ties=True)
+    [reason] = gate_failures(tied, strict)
+    assert "identical transcripts 0.980 < min_identical 0.99" in reason
+    assert "4 of the 4 differing utterances differ only at FP32 ties, counted" in reason
+    # Ties excuse the transcripts, not the words: max_wer_delta still judges them.
+    assert gate_failures({"test": set_parity(identical=0.98, tied_mismatches=4, wer_fp16=5.6)},
+                         THRESHOLDS) == ["test: FP16 WER 5.60% is 0.60 points above FP32 "
+                                         "windowed 5.00% (max_wer_delta 0.5)"]
 
 
 def test_psnr_of_a_known_error_and_undefined_once_non_finite() -> None:
@@ -319,11 +336,13 @@ def test_reports_show_each_level_and_why_the_export_holds_what_it_holds() -> Non
     notes = compression_notes(report)
     assert notes == [
         "model.mlpackage: palettize8 failed the gate (test: identical transcripts 0.900 < "
-        "min_identical 0.99 (0 of the 20 differing utterances differ only at FP32 ties); test: "
+        "min_identical 0.99 (0 of the 20 differing utterances differ only at FP32 ties, not "
+        "counted); test: "
         "FP16 WER 6.00% is 1.00 points above FP32 windowed 5.00% (max_wer_delta 0.5)); the "
         "export holds int8 (1.01 MB)",
         "stream.mlpackage: int8 failed the gate (test: identical transcripts 0.900 < "
-        "min_identical 0.99 (0 of the 20 differing utterances differ only at FP32 ties); test: "
+        "min_identical 0.99 (0 of the 20 differing utterances differ only at FP32 ties, not "
+        "counted); test: "
         "FP16 WER 6.00% is 1.00 points above FP32 streaming 5.00% (max_wer_delta 0.5)); the "
         "export holds the FP16 package (2.01 MB)",
     ]

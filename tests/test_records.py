@@ -42,15 +42,15 @@ RESULTS_OF_TODAY = {
 }
 PARITY_OF_TODAY = {
     "passed": False,
-    "reasons": ["test: identical transcripts 0.875 < min_identical 0.99 (1 of the 1 differing "
-                "utterances differ only at FP32 ties)"],
+    "reasons": ["test: identical transcripts 0.875 < min_identical 0.99 (0 of the 1 differing "
+                "utterances differ only at FP32 ties, not counted)"],
     "checkpoint": "/runs/digits-xs-depthwise-l2/checkpoints/best-step=300.ckpt",
     "variant": {"name": "xs", "subsampling": "depthwise", "norm": "l2", "d_model": 32,
                 "num_layers": 2},
     "executor": "fp16-strict",
     "prenormalizer": "mad",
     "softmax_rescale": True,
-    "thresholds": {"min_identical": 0.99, "max_wer_delta": 0.5},
+    "thresholds": {"min_identical": 0.99, "max_wer_delta": 0.5, "count_ties": False},
     "window": {"frames": 200, "seconds": 2.0, "overlap_frames": 50, "overlap_seconds": 0.5,
                "hop_frames": 150, "output_frames": 50},
     "coreml_runtime": "run",
@@ -58,11 +58,11 @@ PARITY_OF_TODAY = {
     "test_sets": {
         "test": {
             "utterances": 8, "wer_fp32": 12.5, "wer_fp32_windowed": 12.5, "wer_fp16": 15.0,
-            "windowing_cost": 0.0, "identical": 0.875, "tied_mismatches": 1,
+            "windowing_cost": 0.0, "identical": 0.875, "tied_mismatches": 0,
             "logits_psnr_db": 68.3,
             "mismatches": [{"id": "u3", "reference": "one two", "fp32": "one two",
                             "fp32_windowed": "one two", "fp16": "one", "coreml": "one two",
-                            "fp32_margin_ulps": 1.5}],
+                            "fp32_margin_ulps": 12.5}],
             "coreml": {"wer": 12.5, "identical": 1.0},
             "nonfinite": 0, "nonfinite_by_op_type": {}, "first_nonfinite_op": None,
         },
@@ -125,8 +125,16 @@ def test_parity_json_of_today_reads_and_writes_back_unchanged() -> None:
     assert test.mismatches[0].fp16 == "one" and test.mismatches[0].coreml == "one two"
     assert test.coreml == CoreMLParity(wer=12.5, identical=1.0) and unseen.coreml is None
     assert unseen.logits_psnr_db is None and unseen.nonfinite_by_op_type == {"exp": 3}
-    assert report.thresholds == ParityThresholds(min_identical=0.99, max_wer_delta=0.5)
+    assert report.thresholds == ParityThresholds(min_identical=0.99, max_wer_delta=0.5,
+                                                 count_ties=False)
     assert report.to_json() == PARITY_OF_TODAY
+
+
+def test_a_parity_json_from_before_count_ties_reads_as_counting_ties() -> None:
+    """Reports written before export.count_ties existed counted every tie."""
+    older = copy.deepcopy(PARITY_OF_TODAY)
+    del older["thresholds"]["count_ties"]
+    assert ExportReport.from_json(older).thresholds.count_ties is True
 
 
 def test_a_section_passes_exactly_when_it_has_no_reasons() -> None:

@@ -591,6 +591,7 @@ class ExportSettings:
     max_utterances: int | None = MISSING
     min_identical: float = MISSING
     max_wer_delta: float = MISSING
+    count_ties: bool = MISSING
     wandb: bool = MISSING
     data_dir: str | None = MISSING
     streaming: StreamingExport = MISSING

@@ -51,7 +51,8 @@ from edge_conformer.runtime.windowing import LogitsFn
 
 MISMATCHES_KEPT = 10  # differing transcripts listed per test set in parity.json
 # A frame is a numerical tie when FP32's two best logits lie within this many FP16 ulps (of the
-# best logit): FP16 cannot order them reliably, however well the graph is protected.
+# best logit): FP16 cannot order them reliably, however well the graph is protected. An
+# utterance that differs only at ties does not count against min_identical (export.count_ties).
 TIE_ULPS = 4
 # The guards of ml-ane-transformers' compute_psnr (ane_transformers/testing_utils.py): 1e-5
 # added to the peak, 1e-10 to the RMS error: equal outputs give a finite PSNR (200 dB plus
@@ -272,7 +273,7 @@ def measure_test_set(
         wer_fp16_beam=beam_wer["fp16"],
         windowing_cost=wer["fp32_windowed"] - wer["fp32"],
         identical=_share_identical(hyps["fp16"], hyps["fp32_windowed"]),
-        # Diagnostic only (see TIE_ULPS): the gate counts these as differing.
+        # The gate counts these as identical unless export.count_ties (see TIE_ULPS).
         tied_mismatches=tied_mismatches,
         logits_psnr_db=psnr.db,
         mismatches=tuple(mismatches),
@@ -281,6 +282,16 @@ def measure_test_set(
         first_nonfinite_op=fp16_counter.first_nonfinite_op,
         coreml=coreml,
     )
+
+
+def _judged_identical(result: SetParity, count_ties: bool) -> float:
+    """The identical share the gate holds against min_identical: the utterances that differ
+    only at FP32 ties (TIE_ULPS) count as identical unless `count_ties`."""
+    if count_ties:
+        return result.identical
+    # In whole utterances: a share plus a count's share need not round to the exact share.
+    same = round(result.identical * result.utterances) + result.tied_mismatches
+    return same / result.utterances
 
 
 def gate_failures(
@@ -299,12 +310,14 @@ def gate_failures(
                 f"{name}: {result.nonfinite} non-finite values in FP16 execution "
                 f"(first at op {result.first_nonfinite_op!r})"
             )
-        if result.identical < thresholds.min_identical:
+        identical = _judged_identical(result, thresholds.count_ties)
+        if identical < thresholds.min_identical:
             differing = round((1 - result.identical) * result.utterances)
+            ties = "counted: count_ties" if thresholds.count_ties else "not counted"
             reasons.append(
-                f"{name}: identical transcripts {result.identical:.3f} "
+                f"{name}: identical transcripts {identical:.3f} "
                 f"< min_identical {thresholds.min_identical} ({result.tied_mismatches} of "
-                f"the {differing} differing utterances differ only at FP32 ties)"
+                f"the {differing} differing utterances differ only at FP32 ties, {ties})"
             )
         wer_delta = result.wer_fp16 - result.wer_fp32_windowed
         if wer_delta > thresholds.max_wer_delta:
@@ -478,8 +491,8 @@ def _mismatches_markdown(labels: SectionLabels, name: str, result: SetParity) ->
         "",
         f"{result.tied_mismatches} of the differing utterances differ only at frames where "
         f"FP32's two best logits were within {TIE_ULPS} FP16 ulps (a tie FP16 cannot order; "
-        "the gate still counts them). Per utterance: the largest FP32 margin, in FP16 ulps, "
-        "among the frames whose best token FP16 changed.",
+        "the gate counts them only with export.count_ties=true). Per utterance: the largest "
+        "FP32 margin, in FP16 ulps, among the frames whose best token FP16 changed.",
         "",
         *(f"- `{m.id}` ({m.fp32_margin_ulps} ulps): {labels.reference} \"{m.fp32_windowed}\" "
           f"/ FP16 \"{m.fp16}\" (reference \"{m.reference}\")" for m in result.mismatches),

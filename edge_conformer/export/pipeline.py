@@ -350,7 +350,7 @@ class _Gate:
 
 
 def _thresholds(settings: ExportSettings) -> ParityThresholds:
-    return ParityThresholds(settings.min_identical, settings.max_wer_delta)
+    return ParityThresholds(settings.min_identical, settings.max_wer_delta, settings.count_ties)
 
 
 STREAM_PACKAGE_FACTS = ("chunk_frames", "left_frames", "chunk_seconds", "left_seconds",
