@@ -313,7 +313,7 @@ def gate_failures(
         identical = _judged_identical(result, thresholds.count_ties)
         if identical < thresholds.min_identical:
             differing = round((1 - result.identical) * result.utterances)
-            ties = "counted: count_ties" if thresholds.count_ties else "not counted"
+            ties = "counted: export.count_ties=true" if thresholds.count_ties else "not counted"
             reasons.append(
                 f"{name}: identical transcripts {identical:.3f} "
                 f"< min_identical {thresholds.min_identical} ({result.tied_mismatches} of "
