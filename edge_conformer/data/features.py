@@ -29,6 +29,7 @@ STD_GUARD = 1e-5  # added to standard deviations before dividing (NeMo): flat bi
 NORMALIZATIONS = ("utterance", "global", "running", "none")
 WITH_TRAINING_STATS = ("global", "running")  # the normalisations that need the training split's
 STREAMABLE = ("global", "running", "none")  # those that need no frame after the current one
+STREAMABLE_SETTING = f"data.features.normalize={' or '.join(STREAMABLE)}"  # for error messages
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,6 @@ class LogMelFeatures(nn.Module):
         mean = log_mel.mean(dim=0, keepdim=True)
         std = log_mel.std(dim=0, keepdim=True) if log_mel.shape[0] > 1 else torch.ones_like(mean)
         return (log_mel - mean) / (std + STD_GUARD)
-
 
     def _normalize_running(self, log_mel: torch.Tensor, moments: RunningMoments) -> torch.Tensor:
         """Frame t by the mean and std of frames 0..t, with the training split's statistics

@@ -24,7 +24,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edge_conformer.data.features import STREAMABLE, LogMelFeatures, RunningMoments, preemphasize
+from edge_conformer.data.features import (
+    STREAMABLE,
+    STREAMABLE_SETTING,
+    LogMelFeatures,
+    RunningMoments,
+    preemphasize,
+)
 
 
 class StreamingLogMel:
@@ -38,7 +44,7 @@ class StreamingLogMel:
             raise ValueError(
                 f"data.features.normalize={features.settings.normalize} normalises by the "
                 "whole utterance's statistics and cannot stream: use a model trained with "
-                f"data.features.normalize={' or '.join(STREAMABLE)}"
+                f"{STREAMABLE_SETTING}"
             )
         self.features = features
         settings = features.settings

@@ -27,7 +27,7 @@ import torch
 import torchaudio.transforms
 
 from edge_conformer.data.audio import to_mono
-from edge_conformer.data.features import STREAMABLE, LogMelFeatures
+from edge_conformer.data.features import STREAMABLE, STREAMABLE_SETTING, LogMelFeatures
 from edge_conformer.data.tokenizer import Tokenizer
 from edge_conformer.errors import UserInputError
 from edge_conformer.model.conformer import ConformerCTC
@@ -312,8 +312,7 @@ def check_streamable(source: Path | str, conv_context: str, normalize: str) -> N
     if normalize not in STREAMABLE:
         raise UserInputError(
             f"{source}: data.features.normalize={normalize} cannot stream (it needs the whole "
-            f"utterance's statistics): train with data.features.normalize="
-            f"{' or '.join(STREAMABLE)}"
+            f"utterance's statistics): train with {STREAMABLE_SETTING}"
         )
 
 
@@ -343,7 +342,7 @@ def export_recognizer(
         raise UserInputError(
             f"{bundle.directory}: the export has no streaming package (no 'streaming' section "
             f"in {FRONTEND_FILE}); export a model trained with model.conv_context=chunk or "
-            f"causal and data.features.normalize={' or '.join(STREAMABLE)}"
+            f"causal and {STREAMABLE_SETTING}"
         )
     try:
         package_path = bundle.directory / streaming["package"]
