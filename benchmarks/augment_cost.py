@@ -56,8 +56,9 @@ def main() -> None:
     print(f"| log-mel features (for scale) | {ms_per_call(front_end, waves):.2f} |")
     stages = {f"speed x{f}": AugmentSettings(speed=SpeedSettings(factors=(f,), prob=1.0))
               for f in settings.speed.factors if f != 1.0}
-    for name in ("reverb", "noise", "gain"):
-        stages[name] = AugmentSettings(**{name: replace(getattr(settings, name), prob=1.0)})
+    for name in ("eq", "reverb", "noise", "gain"):
+        if getattr(settings, name) is not None:  # on in the recipe
+            stages[name] = AugmentSettings(**{name: replace(getattr(settings, name), prob=1.0)})
     stages["all, as configured (each with its prob)"] = settings
     for name, stage_settings in stages.items():
         augment = WaveformAugment(stage_settings, front_end.sample_rate)

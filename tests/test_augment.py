@@ -18,12 +18,14 @@ from edge_conformer.config.schemas import NOISE_COLORS, ConfigError
 from edge_conformer.data.augment import (
     DECAY_60DB,
     AugmentSettings,
+    EqSettings,
     GainSettings,
     NoiseSettings,
     ReverbSettings,
     SpeedSettings,
     WaveformAugment,
     coloured_noise,
+    eq_curve_db,
     room_response,
 )
 from edge_conformer.data.augment import (
@@ -110,18 +112,50 @@ def test_reverb_keeps_length_and_level_and_gain_scales_by_the_drawn_decibels():
     torch.testing.assert_close(louder, wave * 10 ** (6 / 20))
 
 
+def test_the_equaliser_colours_the_spectrum_by_its_drawn_curve_and_keeps_the_level():
+    settings = EqSettings(db=6.0, bands=3, prob=1.0)
+    noise = torch.randn(2**15, generator=gen(5))
+    out = only(eq=settings)(noise, gen(0))
+    assert len(out) == len(noise) and float(out.norm()) == pytest.approx(float(noise.norm()))
+    # The curve the stage drew: the same generator after the stage's "does it apply" draw.
+    replay = gen(0)
+    torch.rand((), generator=replay)
+    bins = len(noise) // 2 + 1
+    curve = eq_curve_db(bins, settings, replay)
+    power = torch.fft.rfft(out).abs().pow(2) / torch.fft.rfft(noise).abs().pow(2)
+    gain_db = 10 * torch.log10(power)
+    # Averaged over 64 bands (each a 64th of the band); up to the level offset, they follow it.
+    measured = gain_db[: bins - 1].reshape(64, -1).mean(1)
+    expected = curve[: bins - 1].reshape(64, -1).mean(1)
+    offset = (measured - expected).mean()
+    assert float((measured - expected - offset).abs().max()) < 0.5
+    assert float(expected.max() - expected.min()) > 3  # the draw coloured something
+
+
 def test_a_stage_with_probability_zero_leaves_the_audio_alone():
     wave = speechlike()
     never = only(noise=NoiseSettings(prob=0.0), gain=GainSettings(prob=0.0))
     torch.testing.assert_close(never(wave, gen()), wave, rtol=0, atol=0)
     assert AugmentSettings.from_config({"noise": None, "gain": {"db": [0, 1], "prob": 0}}) is None
+    # A stage at prob 0 takes no draws: the others augment exactly as without it.
+    stages = {"noise": {"snr_db": [5, 20], "colors": ["pink"], "prob": 0.7},
+              "gain": {"db": [-6, 6], "prob": 0.5}}
+    without = WaveformAugment(AugmentSettings.from_config(stages), RATE)
+    at_zero = WaveformAugment(AugmentSettings.from_config(
+        {**stages, "eq": {"db": 5.0, "bands": 4, "prob": 0.0}}), RATE)
+    for seed in range(5):
+        torch.testing.assert_close(at_zero(wave, gen(seed)), without(wave, gen(seed)),
+                                   rtol=0, atol=0)
 
 
-def test_the_digits_config_turns_every_stage_on_and_null_turns_them_off():
+def test_the_digits_config_turns_its_stages_on_the_equaliser_at_zero_and_null_turns_all_off():
     cfg = digits_config()
     check_config(cfg)
     settings = AugmentSettings.from_config(OmegaConf.to_container(cfg.data.augment))
     assert None not in (settings.speed, settings.reverb, settings.noise, settings.gain)
+    assert settings.eq is None  # prob 0: on in the streaming recipe only
+    streaming = digits_config("data.augment.eq.prob=0.5").data.augment
+    assert AugmentSettings.from_config(OmegaConf.to_container(streaming)).eq is not None
     assert digits_config("data.augment=null").data.augment is None
     assert digits_config("data=librispeech").data.augment is None
     assert set(NOISE_COLORS) == set(AUGMENT_NOISE_COLORS)
@@ -132,6 +166,7 @@ def test_the_digits_config_turns_every_stage_on_and_null_turns_them_off():
     ("data.augment.noise.colors=[blue]", "colors='blue' is not one of: white, pink, brown"),
     ("data.augment.speed.prob=2", "prob=2.0 must lie in [0, 1]"),
     ("data.augment.reverb.rt60=[0.5,0.1]", "rt60=[0.5, 0.1] must be [low, high]"),
+    ("data.augment.eq.bands=0", "bands=0 must be >= 1"),
 ])
 def test_a_bad_augmentation_knob_is_refused_naming_it(override, names):
     with pytest.raises(ConfigError, match=names.replace("[", r"\[")):

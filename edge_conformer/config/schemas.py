@@ -208,6 +208,17 @@ class GainConfig(AugmentStage):
 
 
 @dataclass
+class EqConfig(AugmentStage):
+    db: float = MISSING
+    bands: int = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.db >= 0, "db", self.db, "must be >= 0 (each band's largest gain in dB)")
+        require(self.bands >= 1, "bands", self.bands, "must be >= 1")
+
+
+@dataclass
 class NoiseConfig(AugmentStage):
     snr_db: list[float] = MISSING
     colors: list[str] = MISSING
@@ -237,6 +248,9 @@ class AugmentConfig:
     each stage null is off."""
 
     speed: SpeedConfig | None = MISSING
+    # Off unless named: the stage came after the others, and overrides written before it
+    # (`data.augment='{speed: ..., reverb: null, noise: null, gain: null}'`) stay valid.
+    eq: EqConfig | None = None
     reverb: ReverbConfig | None = MISSING
     noise: NoiseConfig | None = MISSING
     gain: GainConfig | None = MISSING
@@ -282,7 +296,7 @@ class DataConfig:
         # Stored features are computed once from the plain audio: nothing left to augment.
         require(not (self.precompute_features and self.augment is not None),
                 "precompute_features", self.precompute_features,
-                "stores features once, so data.augment (speed, reverb, noise, gain) cannot be"
+                "stores features once, so data.augment (speed, eq, reverb, noise, gain) cannot be"
                 " applied to the audio: set data.augment=null or data.precompute_features=false")
 
 

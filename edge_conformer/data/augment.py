@@ -1,10 +1,13 @@
-"""Waveform augmentation in training: speed perturbation, reverberation, additive noise, gain.
+"""Waveform augmentation in training: speed perturbation, equalisation, reverberation, additive
+noise, gain.
 
 What a speech engineer applies to a corpus of few speakers (FSDD has five adult men): speed
 perturbation resamples the audio, which shifts formants and pitch as a shorter or longer vocal
-tract would (Ko et al. 2015, Kaldi's 0.9/1.0/1.1); reverberation convolves with a synthetic
-room impulse response; noise is synthetic coloured noise (white, pink, brown: generated here,
-nothing to download) at a random signal-to-noise ratio; gain scales the level.
+tract would (Ko et al. 2015, Kaldi's 0.9/1.0/1.1); equalisation colours the spectrum with a
+smooth random curve, as another microphone, room or voice quality would (what per-utterance
+normalisation removes, and streamable normalisations do not); reverberation convolves with a
+synthetic room impulse response; noise is synthetic coloured noise (white, pink, brown:
+generated here, nothing to download) at a random signal-to-noise ratio; gain scales the level.
 
 Every draw comes from the batch's generator (AsrDataset._generator), like SpecAugment's masks,
 so an augmented batch depends only on (seed, epoch, cut ids) and resumed training repeats the
@@ -27,6 +30,9 @@ import torchaudio.functional as AF
 NOISE_COLORS = {"white": 0.0, "pink": 1.0, "brown": 2.0}
 # An amplitude envelope exp(-DECAY_60DB * t / rt60) falls by 60 dB at t = rt60 (3 ln 10).
 DECAY_60DB = 3 * math.log(10)
+# Samples of padding before an equaliser's FFT: a curve of a few cosines over the band has an
+# impulse response a few samples long on either side of zero.
+EQ_MARGIN = 256
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,17 @@ class GainSettings:
 
     db: tuple[float, float] = (-6.0, 6.0)
     prob: float = 1.0
+
+
+@dataclass(frozen=True)
+class EqSettings:
+    """Colour the spectrum by a smooth zero-phase gain curve over 0..Nyquist: the sum of
+    `bands` cosines (k half-periods each, k = 1..bands) with amplitudes drawn uniformly from
+    +-`db` decibels. The output keeps the input's RMS level (the gain stage sets levels)."""
+
+    db: float = 5.0
+    bands: int = 4
+    prob: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -71,17 +88,20 @@ class AugmentSettings:
     """`data.augment`: each stage `None` is off."""
 
     speed: SpeedSettings | None = None
+    eq: EqSettings | None = None
     reverb: ReverbSettings | None = None
     noise: NoiseSettings | None = None
     gain: GainSettings | None = None
 
     @classmethod
     def from_config(cls, config: Mapping | None) -> AugmentSettings | None:
-        """The settings a `data.augment` mapping describes (None or no stage: None)."""
+        """The settings a `data.augment` mapping describes (None or no stage: None). A stage
+        with prob 0 is left out: it takes no draws from the generator, so turning a stage on
+        in the config at prob 0 leaves every other stage's draws, and the run, as they were."""
         if not config:
             return None
         stages = {name: STAGES[name](**stage) for name, stage in config.items() if stage}
-        settings = cls(**stages)
+        settings = cls(**{name: stage for name, stage in stages.items() if stage.prob > 0})
         return settings if settings.enabled else None
 
     @property
@@ -92,8 +112,8 @@ class AugmentSettings:
 
 
 # Each stage's settings, in the order the stages apply.
-STAGES = {"speed": SpeedSettings, "reverb": ReverbSettings, "noise": NoiseSettings,
-          "gain": GainSettings}
+STAGES = {"speed": SpeedSettings, "eq": EqSettings, "reverb": ReverbSettings,
+          "noise": NoiseSettings, "gain": GainSettings}
 
 
 def _uniform(low_high: tuple[float, float], gen: torch.Generator) -> float:
@@ -130,6 +150,15 @@ def coloured_noise(num_samples: int, color: str, gen: torch.Generator) -> torch.
     spectrum = torch.fft.rfft(torch.randn(length, generator=gen)) * _noise_shape(length, exponent)
     noise = torch.fft.irfft(spectrum, n=length)[:num_samples]
     return noise / noise.std().clamp_min(1e-12)
+
+
+def eq_curve_db(num_bins: int, settings: EqSettings, gen: torch.Generator) -> torch.Tensor:
+    """Decibels per rfft bin (0..Nyquist) of a random smooth equaliser (`EqSettings`)."""
+    position = torch.linspace(0.0, math.pi, num_bins)
+    curve = torch.zeros(num_bins)
+    for k in range(1, settings.bands + 1):
+        curve += _uniform((-settings.db, settings.db), gen) * torch.cos(k * position)
+    return curve
 
 
 def fft_convolve(signal: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
@@ -179,6 +208,14 @@ class WaveformAugment:
     def speed(self, waveform: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         factor = _choice(self.settings.speed.factors, gen)
         return waveform if factor == 1.0 else self._resampler(factor)(waveform)
+
+    def eq(self, waveform: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        # Room for the zero-phase response's tails, so that they do not wrap onto the audio.
+        length = _fft_length(waveform.numel() + EQ_MARGIN)
+        curve_db = eq_curve_db(length // 2 + 1, self.settings.eq, gen)
+        spectrum = torch.fft.rfft(waveform, n=length) * 10 ** (curve_db / 20)
+        coloured = torch.fft.irfft(spectrum, n=length)[: waveform.numel()]
+        return coloured * (waveform.norm() / coloured.norm().clamp_min(1e-12))
 
     def reverb(self, waveform: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         stage = self.settings.reverb
