@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -56,9 +55,10 @@ def main() -> None:
     print(f"| log-mel features (for scale) | {ms_per_call(front_end, waves):.2f} |")
     stages = {f"speed x{f}": AugmentSettings(speed=SpeedSettings(factors=(f,), prob=1.0))
               for f in settings.speed.factors if f != 1.0}
+    stage_configs = OmegaConf.to_container(data.augment)
     for name in ("eq", "reverb", "noise", "gain"):
-        if getattr(settings, name) is not None:  # on in the recipe
-            stages[name] = AugmentSettings(**{name: replace(getattr(settings, name), prob=1.0)})
+        if stage_configs.get(name):  # in the recipe, also at prob 0 (the equaliser)
+            stages[name] = AugmentSettings.from_config({name: {**stage_configs[name], "prob": 1.0}})
     stages["all, as configured (each with its prob)"] = settings
     for name, stage_settings in stages.items():
         augment = WaveformAugment(stage_settings, front_end.sample_rate)
