@@ -214,8 +214,8 @@ class EqConfig(AugmentStage):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.db >= 0, "db", self.db, "must be >= 0 (each band's largest gain in dB)")
-        require(self.bands >= 1, "bands", self.bands, "must be >= 1")
+        require_at_least(self, 0, "db")
+        require_at_least(self, 1, "bands")
 
 
 @dataclass
