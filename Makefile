@@ -35,7 +35,7 @@ demo: setup
 
 # The streaming recipe: dynamic chunk masks in training, chunk-bounded convolutions, global
 # feature statistics (per-utterance ones cannot stream) and the random equaliser that makes up
-# for them on unseen voices (conf/data/digits.yaml), in a run directory of its own.
+# for them on the unseen speaker (conf/data/digits.yaml), in a run directory of its own.
 STREAM_ARGS := model.streaming.enabled=true model.conv_context=chunk \
 	data.features.normalize=global data.augment.eq.prob=0.5
 STREAM_RUN := outputs/digits-xs-stream
