@@ -294,6 +294,54 @@ def test_value_preserving_ops_count_the_nonfinite_values_they_pass_on(tmp_path) 
 
 
 # ---------------------------------------------------------------------------------------------
+# Batched calls: rows stacked on the leading axis the program declares as 1
+
+
+def rows_of(seeds: range) -> dict[str, np.ndarray]:
+    inputs = [pieces_inputs(seed) for seed in seeds]
+    return {name: np.concatenate([row[name].numpy() for row in inputs]) for name in inputs[0]}
+
+
+@pytest.mark.parametrize("mode", ["fp32", "fp16-strict"])
+def test_a_batched_call_gives_each_row_what_it_gives_alone(pieces_packages, mode):
+    # The pieces reshape the batch axis, convolve (regular, depthwise, 1x1), contract with
+    # einsum and normalise over channels: every kind of op the packages use.
+    executor = PackageExecutor(pieces_packages["FLOAT16"], mode=mode)
+    assert executor.batch_barrier is None
+    batch = rows_of(range(5))
+    together = run(executor, {name: torch.from_numpy(x) for name, x in batch.items()})
+    assert together.shape[0] == 5
+    for row in range(5):
+        alone = run(executor, {name: torch.from_numpy(x[row : row + 1])
+                               for name, x in batch.items()})
+        np.testing.assert_array_equal(together[row : row + 1], alone)
+
+
+def test_a_program_that_mixes_rows_runs_a_batch_row_by_row(tmp_path):
+    class Total(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x - x.sum()  # a sum over every axis, the batch's too
+
+    path = convert(Total(), {"x": torch.zeros(1, 4, 1, 8)}, tmp_path / "total.mlpackage",
+                   "FLOAT32")
+    executor = PackageExecutor(path, mode="fp32")
+    assert executor.batch_barrier is not None  # the reduce_sum
+    x = np.random.default_rng(0).standard_normal((3, 4, 1, 8)).astype(np.float32)
+    (together,) = executor(x=x).values()
+    for row in range(3):
+        (alone,) = executor(x=x[row : row + 1]).values()
+        np.testing.assert_array_equal(together[row : row + 1], alone)
+
+
+def test_a_batched_call_stacks_as_many_rows_in_every_input(pieces_packages):
+    executor = PackageExecutor(pieces_packages["FLOAT16"], mode="fp16")
+    batch = rows_of(range(3))
+    batch["frame_mask"] = batch["frame_mask"][:2]
+    with pytest.raises(ValueError, match=r"same number of inputs in every input.*\[2, 3\]"):
+        executor(**batch)
+
+
+# ---------------------------------------------------------------------------------------------
 # Kernels whose parameters the converted modules above do not reach
 
 

@@ -40,6 +40,7 @@ from edge_conformer.records import (
     ExportReport,
     ParityThresholds,
 )
+from edge_conformer.runtime.windowing import one_by_one
 
 DEFAULTS = OmegaConf.load(REPO / "conf" / "export" / "default.yaml")
 THRESHOLDS = ParityThresholds(DEFAULTS.min_identical, DEFAULTS.max_wer_delta, DEFAULTS.count_ties)
@@ -133,8 +134,8 @@ def test_a_test_set_is_measured_into_a_set_parity_record() -> None:
     references = decode_references(
         utterances, ReferenceRecognizers(fp32=identity, fp32_reference=identity), tokenizer
     )
-    result = measure_test_set(references, PackageRecognizers(fp16=executor.run_fp16), tokenizer,
-                              fp16_counter=executor)
+    recognizers = PackageRecognizers(fp16=one_by_one(executor.run_fp16))
+    result = measure_test_set(references, recognizers, tokenizer, fp16_counter=executor)
     assert (result.utterances, result.wer_fp32, result.wer_fp16) == (2, 0.0, 100.0)
     assert result.identical == 0.5 and result.windowing_cost == 0.0
     (mismatch,) = result.mismatches
@@ -154,8 +155,9 @@ def test_a_beam_decodes_the_fp32_and_the_fp16_logits_beside_greedy() -> None:
         [EvalUtterance("utt-1", "one", word)],
         ReferenceRecognizers(fp32=identity, fp32_reference=identity), tokenizer, beam,
     )
-    result = measure_test_set(references, PackageRecognizers(fp16=executor.run_fp16), tokenizer,
-                              fp16_counter=executor, beam=beam)
+    recognizers = PackageRecognizers(fp16=one_by_one(executor.run_fp16))
+    result = measure_test_set(references, recognizers, tokenizer, fp16_counter=executor,
+                              beam=beam)
     assert (result.wer_fp32_windowed_beam, result.wer_fp16_beam) == (0.0, 100.0)
     assert (result.wer_fp32_windowed, result.wer_fp16) == (0.0, 100.0)  # greedy, as gated
 
@@ -229,7 +231,7 @@ def test_a_streaming_package_that_recognises_noise_is_not_published(tmp_path) ->
         [EvalUtterance(f"utt-{i}", "one", word) for i in range(3)],
         ReferenceRecognizers(fp32=identity, fp32_reference=identity), tokenizer,
     )
-    result = measure_test_set(references, PackageRecognizers(fp16=noise), tokenizer,
+    result = measure_test_set(references, PackageRecognizers(fp16=one_by_one(noise)), tokenizer,
                               fp16_counter=CountingExecutor())
     assert (result.wer_fp32_windowed, result.wer_fp16, result.identical) == (0.0, 100.0, 0.0)
     failed = export_report(streaming=judge({"test": result}, THRESHOLDS, STREAMING),

@@ -30,6 +30,7 @@ from edge_conformer.runtime.stream_package import (
     StreamPackage,
     stream_description,
     stream_package_logits,
+    stream_package_logits_of,
 )
 
 N_MELS = 24
@@ -309,6 +310,25 @@ def test_package_next_caches_feed_back(setting: str, packages: dict[str, Path]) 
     feats = utterance(5 * context.feature_frames - 3, seed=11)  # 5 chunks, the last one short
     atol = package_tolerance(setting, stream_logits(model, feats, context))
     assert assert_caches_follow_chunk_loop(package, model, context, feats, atol) == 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_utterances_streamed_side_by_side_give_each_its_own_logits_bit_for_bit(
+    setting: str, packages: dict[str, Path]
+) -> None:
+    # The parity gate streams a batch of utterances through one executor call per chunk
+    # (export/workers.py); each must get exactly what it gets streamed alone, in the gate's
+    # own mode, whatever its length (LENGTHS: utterances leave the batch as they end).
+    model, context = make_model(setting)
+    executor = PackageExecutor(packages[setting], mode="fp16-strict")
+    assert executor.batch_barrier is None  # every op keeps the rows apart
+    package = StreamPackage(lambda inputs: executor(**inputs), description(model, context))
+    feats = [utterance(frames, seed) for seed, frames in enumerate(LENGTHS)]
+    side_by_side = stream_package_logits_of(package, feats)
+    for alone, together in zip(feats, side_by_side, strict=True):
+        torch.testing.assert_close(together, stream_package_logits(package, alone),
+                                   rtol=0, atol=0)
 
 
 @pytest.mark.slow

@@ -610,6 +610,7 @@ class ExportSettings:
     data_dir: str | None = MISSING
     streaming: StreamingExport = MISSING
     compress: str = MISSING
+    workers: int | None = MISSING
 
     def __post_init__(self) -> None:
         # Checked before the minutes of conversion, not after.
@@ -623,6 +624,8 @@ class ExportSettings:
             require_at_least(self, 1, "max_utterances")
         require_share("min_identical", self.min_identical)
         require_at_least(self, 0, "max_wer_delta")
+        if self.workers is not None:
+            require_at_least(self, 1, "workers")
 
 
 @dataclass

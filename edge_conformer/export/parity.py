@@ -22,10 +22,9 @@ an export (model.mlpackage by windows, stream.mlpackage by chunks) is measured b
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from lhotse import CutSet
@@ -37,6 +36,7 @@ from edge_conformer.data.tokenizer import Tokenizer
 from edge_conformer.decode import decode_logits, error_rates
 from edge_conformer.decode.beam import Decoder, decode_text
 from edge_conformer.export.compress import NONE
+from edge_conformer.export.workers import NonfiniteCounter, NonfiniteTally, fp16_logits
 from edge_conformer.numerics import FP16
 from edge_conformer.records import (
     CompressionTrial,
@@ -47,7 +47,7 @@ from edge_conformer.records import (
     ParityThresholds,
     SetParity,
 )
-from edge_conformer.runtime.windowing import LogitsFn
+from edge_conformer.runtime.windowing import BatchLogitsFn, LogitsFn
 
 MISMATCHES_KEPT = 10  # differing transcripts listed per test set in parity.json
 # A frame is a numerical tie when FP32's two best logits lie within this many FP16 ulps (of the
@@ -80,7 +80,7 @@ class ReferenceRecognizers:
 class PackageRecognizers:
     """The package's ways: the FP16 executor, and the Core ML runtime where there is one."""
 
-    fp16: LogitsFn
+    fp16: BatchLogitsFn  # several utterances at once (the executor's batched calls)
     coreml: LogitsFn | None = None
 
 
@@ -123,18 +123,6 @@ STREAMING = SectionLabels(
     "decodes whole utterances at full context, so the cost of streaming is the difference of "
     "the first two WERs. 'identical' and PSNR: FP16 against FP32 streaming.",
 )
-
-
-class NonfiniteCounter(Protocol):
-    """What the FP16 executor (PackageExecutor) counts while it runs the package."""
-
-    nonfinite_by_op_type: Mapping[str, int]
-    first_nonfinite_op: str | None
-
-    @property
-    def nonfinite_count(self) -> int: ...
-
-    def reset_stats(self) -> None: ...
 
 
 def featurised_utterances(cuts: CutSet, features: LogMelFeatures) -> Iterator[EvalUtterance]:
@@ -217,15 +205,19 @@ def measure_test_set(
     tokenizer: Tokenizer,
     fp16_counter: NonfiniteCounter,
     beam: Decoder | None = None,
+    workers: int = 1,
+    advance: Callable[[], object] = lambda: None,
 ) -> SetParity:
     """Decode every utterance the package's ways beside its FP32 references; WERs (percent),
     identical share, logits PSNR, and the non-finite values `fp16_counter` (the executor behind
     `recognizers.fp16`) saw meanwhile. With `beam` (the one the references were decoded
-    with), the FP16 logits are beam-searched too, for the beam WERs.
+    with), the FP16 logits are beam-searched too, for the beam WERs. `workers` processes
+    compute the FP16 logits (export/workers.py: the same results as one); `advance` is called
+    once per utterance measured (a progress display).
 
     The record's `*_windowed` fields hold `fp32_reference`'s results, whichever way it runs.
     """
-    fp16_counter.reset_stats()
+    tally = NonfiniteTally()
     refs: list[str] = []
     ways = ["fp32", "fp32_windowed", "fp16"] + (["coreml"] if recognizers.coreml else [])
     hyps: dict[str, list[str]] = {way: [] for way in ways}
@@ -233,8 +225,7 @@ def measure_test_set(
     mismatches = []
     tied_mismatches = 0
     beam_hyps: dict[str, list[str]] = {"fp32_windowed": [], "fp16": []}
-    for utt in utterances:
-        fp16 = recognizers.fp16(utt.features)
+    for utt, fp16 in fp16_logits(utterances, recognizers.fp16, fp16_counter, tally, workers):
         psnr.add(utt.logits, fp16)
         if beam is not None:
             beam_hyps["fp32_windowed"].append(utt.fp32_reference_beam)
@@ -255,6 +246,7 @@ def measure_test_set(
             if len(mismatches) < MISMATCHES_KEPT:
                 mismatches.append(Mismatch(id=utt.utt_id, reference=utt.text, **transcripts,
                                            fp32_margin_ulps=round(margin_ulps, 2)))
+        advance()
 
     wer = {way: error_rates(refs, way_hyps)["wer"] for way, way_hyps in hyps.items()}
     beam_wer = {way: None if beam is None else error_rates(refs, way_hyps)["wer"]
@@ -277,9 +269,9 @@ def measure_test_set(
         tied_mismatches=tied_mismatches,
         logits_psnr_db=psnr.db,
         mismatches=tuple(mismatches),
-        nonfinite=fp16_counter.nonfinite_count,
-        nonfinite_by_op_type=dict(fp16_counter.nonfinite_by_op_type),
-        first_nonfinite_op=fp16_counter.first_nonfinite_op,
+        nonfinite=tally.count,
+        nonfinite_by_op_type=tally.by_op_type,
+        first_nonfinite_op=tally.first_op,
         coreml=coreml,
     )
 

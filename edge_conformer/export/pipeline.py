@@ -77,6 +77,7 @@ from edge_conformer.export.parity import (
 from edge_conformer.export.publish import check_publishable, publish, reject, staging_dir
 from edge_conformer.export.stream_checks import streaming_context
 from edge_conformer.export.stream_graph import build_stream_model
+from edge_conformer.export.workers import usable_workers
 from edge_conformer.mil.executor import PackageExecutor
 from edge_conformer.model.streaming import ChunkContext, stream_logits
 from edge_conformer.records import (
@@ -94,7 +95,7 @@ from edge_conformer.runtime.bundle import (
     Bundle,
     coreml_logits,
     coreml_predict,
-    executor_logits,
+    executor_batch_logits,
     frontend_description,
     load_bundle,
     write_frontend,
@@ -105,6 +106,7 @@ from edge_conformer.runtime.stream_package import (
     StreamPackage,
     stream_description,
     stream_package_logits,
+    stream_package_logits_of,
 )
 from edge_conformer.runtime.windowing import (
     WindowSpec,
@@ -215,7 +217,7 @@ def _windowed_package(loaded: LoadedCheckpoint, bundle: Bundle) -> _GatedPackage
     def recognizers(directory: Path, executor: PackageExecutor) -> PackageRecognizers:
         candidate = replace(bundle, directory=directory)
         return PackageRecognizers(
-            fp16=executor_logits(candidate, executor),
+            fp16=executor_batch_logits(candidate, executor),
             coreml=coreml_logits(candidate) if COREML_AVAILABLE else None,
         )
 
@@ -238,7 +240,7 @@ def _streaming_package(loaded: LoadedCheckpoint, bundle: Bundle) -> _GatedPackag
             predict = coreml_predict(directory / description["package"])
             coreml = partial(stream_package_logits, StreamPackage(predict, description))
         fp16 = StreamPackage(lambda inputs: executor(**inputs), description)
-        return PackageRecognizers(fp16=partial(stream_package_logits, fp16), coreml=coreml)
+        return PackageRecognizers(fp16=partial(stream_package_logits_of, fp16), coreml=coreml)
 
     references = ReferenceRecognizers(
         fp32=partial(whole_utterance_logits, loaded.model),
@@ -269,6 +271,11 @@ class _Gate:
     candidates: Path  # a scratch directory for the compressed levels
     progress: Progress
     beam: Decoder | None  # reported beside greedy (decode.*), not gated; None: greedy only
+
+    @property
+    def workers(self) -> int:
+        """The processes that run the FP16 executor (export.workers; export/workers.py)."""
+        return usable_workers(self.settings.workers)
 
     def choose(self, package: _GatedPackage) -> tuple[_GatedLevel, tuple[CompressionTrial, ...]]:
         """Gate `package` at the levels export.compress names, the smallest first, and leave
@@ -341,8 +348,8 @@ class _Gate:
             task = self.progress.add_task(f"{package.file} ({level}) parity on {name}",
                                           total=len(self.test_sets[name]))
             results[name] = measure_test_set(
-                self._advancing(utterances, task), recognizers, self.bundle.tokenizer,
-                fp16_counter=executor, beam=self.beam,
+                utterances, recognizers, self.bundle.tokenizer, fp16_counter=executor,
+                beam=self.beam, workers=self.workers, advance=partial(self.progress.advance, task),
             )
         thresholds = _thresholds(self.settings)
         return _GatedLevel(level, directory, package_bytes(directory / package.file),

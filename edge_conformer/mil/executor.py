@@ -18,6 +18,14 @@ docs/numerics.md section 1), so the package of a stabilised norm gives bit for b
 Every run counts the non-finite values that op outputs (and the hidden statistics of fused
 normalisations and softmax) contain, per op type, so callers can report `nonfinite_count`.
 Compressed weights (`constexpr_*` ops, export.compress) are decompressed once, at load.
+
+A batch in one call: a program declared for batch 1 (every package export writes) may be
+called with N inputs stacked along that leading axis. Its ops then run once for all N, which
+shares the executor's cost per op (most of a streaming chunk's time) among them, and each
+output row is bit for bit what a call with that row alone gives: the kernels treat the
+leading axis as independent rows (conv and einsum compute row by row, reshape keeps the
+rows). A program with an op that mixes or moves that axis (`batch_barrier`) runs the rows
+one call at a time instead.
 Kernels live in `kernels`, the FP16 arithmetic in `fp16`, package reading in `package`.
 """
 
@@ -115,6 +123,9 @@ class PackageExecutor:
             [op for op in operations if op.op_type != "const" and not _is_constexpr(op)]
         )
         self._drop_unread_constants()
+        self.batch_barrier = next(
+            (op.name for op in operations if _mixes_leading_axis(op)), None
+        )
         # The constants that hold inf or NaN (a mask's -inf, say): see `_run_step`.
         self._nonfinite_constants = frozenset(
             name
@@ -161,16 +172,45 @@ class PackageExecutor:
     # -- running ---------------------------------------------------------------------------
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """The outputs for `inputs`; a leading axis of N > 1 where the program declares 1 is
+        a batch of N independent inputs (see the module doc)."""
+        batch = self._batch_size(inputs)
+        if batch > 1 and self.batch_barrier is not None:
+            rows = [self(**{name: value[row : row + 1] for name, value in inputs.items()})
+                    for row in range(batch)]
+            return {name: np.concatenate([outputs[name] for outputs in rows])
+                    for name in self._output_names}
         # Overflow, inf - inf and the like are what this executor is for: count, don't warn.
         with np.errstate(all="ignore"):
             nonfinite_values = set(self._nonfinite_constants)
-            values = {**self._constants, **self._prepare_inputs(inputs, nonfinite_values)}
-            for step in self._steps:
-                self._run_step(step, values, nonfinite_values)
+            values = {
+                **self._constants, **self._prepare_inputs(inputs, nonfinite_values, batch)
+            }
+            self._numerics.rows = batch
+            try:
+                for step in self._steps:
+                    self._run_step(step, values, nonfinite_values)
+            finally:
+                self._numerics.rows = 1
         return {name: values[name] for name in self._output_names}
 
+    def _batch_size(self, inputs: Mapping[str, np.ndarray]) -> int:
+        """N of a batched call (1 otherwise): the leading axis of the inputs the program
+        declares with a leading 1, which must agree."""
+        sizes = {
+            np.shape(inputs[name])[0]
+            for name, declared in self._input_shapes.items()
+            if name in inputs and declared[:1] == (1,) and np.ndim(inputs[name])
+        }
+        if len(sizes) > 1:
+            raise ValueError(
+                f"{self.package_path}: a batched call stacks the same number of inputs in "
+                f"every input, got leading axes {sorted(sizes)}"
+            )
+        return sizes.pop() if sizes else 1
+
     def _prepare_inputs(
-        self, inputs: Mapping[str, np.ndarray], nonfinite_values: set[str]
+        self, inputs: Mapping[str, np.ndarray], nonfinite_values: set[str], batch: int
     ) -> dict[str, np.ndarray]:
         missing = sorted(set(self._inputs) - set(inputs))
         unexpected = sorted(set(inputs) - set(self._inputs))
@@ -183,7 +223,10 @@ class PackageExecutor:
         for name, var in self._inputs.items():
             # A copy, always: kernels hand arrays to torch, which wants them writable.
             array = self._as_stored(np.array(inputs[name], dtype=_storage_dtype(var)))
-            _check_shape(name, array.shape, var.shape)
+            declared = tuple(var.shape)
+            if batch > 1 and declared[:1] == (1,):
+                declared = (batch, *declared[1:])
+            _check_shape(name, array.shape, declared)
             overflowed = count_nonfinite(array)
             if overflowed:
                 self._record_nonfinite(INPUT_OP_TYPE, name, overflowed)
@@ -322,6 +365,60 @@ def stored_value(value: Any, rounds_to_fp16: bool) -> Any:
         return value
     array = np.asarray(value, dtype=np.float32)
     return round_to_fp16(array) if rounds_to_fp16 else array
+
+
+# Ops whose parameters can name the leading axis, and those names.
+_AXIS_PARAMS = ("axis", "axes")
+
+
+def _mixes_leading_axis(op: Operation) -> bool:
+    """Whether `op` would mix, move or cut the rows of a batched call (see the module doc).
+
+    Conservative: an op type not known to keep rows independent counts as mixing, except
+    the element-wise ones, whose operands broadcast from a leading 1.
+    """
+    if op.op_type == "const" or _is_constexpr(op):
+        return False
+    params = {name: var.val for name, var in op.inputs.items()
+              if not isinstance(var, (tuple, list))}
+    rank = max((var.rank for var in _input_vars(op) if var.rank is not None), default=0)
+    for name in _AXIS_PARAMS:
+        if name in op.inputs:
+            axes = np.atleast_1d(params[name]) if params[name] is not None else None
+            if axes is None or any(int(axis) % max(rank, 1) == 0 for axis in axes):
+                return True
+    if op.op_type.startswith("reduce_") and "axes" not in op.inputs:
+        return True  # no axes: every axis
+    if op.op_type == "transpose":
+        return int(params["perm"][0]) != 0
+    if op.op_type == "reshape":  # the rows stay leading where the shape keeps a leading 1
+        return int(params["shape"][0]) != 1
+    if op.op_type == "slice_by_index":
+        begins_at_0 = _flag(params.get("begin_mask"), 0) or int(params["begin"][0]) == 0
+        whole = _flag(params.get("end_mask"), 0) and not _flag(params.get("squeeze_mask"), 0)
+        stride = 1 if params.get("stride") is None else int(params["stride"][0])
+        return not (begins_at_0 and whole and stride == 1)
+    if op.op_type in ("matmul", "linear"):  # rows apart only with a leading batch axis
+        return any(var.rank is None or var.rank < 3
+                   for name, var in op.inputs.items() if name in ("x", "y"))
+    if op.op_type == "tile":
+        return len(params["reps"]) != rank or int(params["reps"][0]) != 1
+    if op.op_type == "pad":
+        pads = np.asarray(params["pad"]).reshape(-1, 2)
+        return len(pads) == rank and bool(pads[0].any())
+    return op.op_type in _ROWS_UNKNOWN
+
+
+def _flag(mask: Any, axis: int) -> bool:
+    return mask is not None and bool(mask[axis])
+
+
+# Op types whose kernels might combine rows (matrix products over the leading axis, shapes
+# taken whole), so a batched call does not go through them.
+_ROWS_UNKNOWN = frozenset({
+    "scaled_dot_product_attention", "slice_by_size", "gather_nd",
+    "scatter", "scatter_nd", "band_part", "l2_norm", "flatten2d", "shape", "reverse_sequence",
+})
 
 
 def _is_constexpr(op: Operation) -> bool:

@@ -101,6 +101,9 @@ class Numerics:
         self.accumulate_fmt = MODE_ARITHMETIC["fp16-strict" if strict_fp16 else "fp16"].accumulate
         self._accumulate_dtype = np.float16 if strict_fp16 else np.float32
         self._hidden_nonfinite = 0
+        # The rows of a batched call (PackageExecutor: N inputs stacked on a leading axis
+        # the program declares as 1); 1 otherwise. Kernels that would mix rows read it.
+        self.rows = 1
 
     def sum(self, terms: np.ndarray, axes: Iterable[int] | None, keepdims: bool) -> np.ndarray:
         """The in-order sum over `axes` in the accumulator format."""

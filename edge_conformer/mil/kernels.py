@@ -459,9 +459,23 @@ def scaled_dot_product_attention(
 # Linear algebra
 
 
+def _row_by_row(num: Numerics, product: Callable[..., np.ndarray], *operands: np.ndarray
+                ) -> np.ndarray:
+    """`product` of the operands, row by row in a batched call (executor.py): torch and BLAS
+    sum a product of several rows in another order than one row's. Operands with one row
+    (a leading 1) are shared by every row."""
+    if num.rows == 1:
+        return product(*operands)
+    return np.concatenate([
+        product(*(operand[row : row + 1] if len(operand) > 1 else operand
+                  for operand in operands))
+        for row in range(num.rows)
+    ])
+
+
 @register("linear")
 def linear(num: Numerics, x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    return np.matmul(x, weight.T) + bias
+    return _row_by_row(num, lambda rows: np.matmul(rows, weight.T) + bias, x)
 
 
 @register("matmul")
@@ -472,13 +486,19 @@ def matmul(
         x = np.swapaxes(x, -1, -2)
     if transpose_y:
         y = np.swapaxes(y, -1, -2)
-    return np.matmul(x, y)
+    return _row_by_row(num, np.matmul, x, y)
 
 
 @register("einsum")
 def einsum(num: Numerics, values: tuple[np.ndarray, ...], equation: str) -> np.ndarray:
     # torch.einsum contracts through batched matmul; np.einsum would loop unless given a path.
-    return torch.einsum(equation, *(_as_torch(v) for v in values)).numpy()
+    def contract(*operands: np.ndarray) -> np.ndarray:
+        return torch.einsum(equation, *(_as_torch(v) for v in operands)).numpy()
+
+    terms = equation.replace(" ", "").replace("->", ",").split(",")
+    if len({term[:1] for term in terms}) == 1:  # every term leads with the batch's label
+        return _row_by_row(num, contract, *values)
+    return contract(*values)
 
 
 _TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -523,23 +543,26 @@ def conv(
     groups: int,
 ) -> np.ndarray:
     padding = _conv_padding(pad_type, pad, x.shape[2:], weight.shape[2:], strides, dilations)
-    inputs = _as_torch(x)
-    if all(before == after for before, after in padding):
-        symmetric_padding = [before for before, _ in padding]
-    else:
-        # torch.nn.functional.pad lists (before, after) pairs from the last axis backwards.
-        inputs = F.pad(inputs, [p for pair in reversed(padding) for p in pair])
-        symmetric_padding = [0] * len(padding)
-    out = _TORCH_CONV[x.ndim - 2](
-        inputs,
-        _as_torch(weight),
-        None if bias is None else _as_torch(bias),
-        stride=[int(s) for s in strides],
-        padding=symmetric_padding,
-        dilation=[int(d) for d in dilations],
-        groups=int(groups),
-    )
-    return out.numpy()
+
+    def convolve(rows: np.ndarray) -> np.ndarray:
+        inputs = _as_torch(rows)
+        if all(before == after for before, after in padding):
+            symmetric_padding = [before for before, _ in padding]
+        else:
+            # torch.nn.functional.pad lists (before, after) pairs from the last axis backwards.
+            inputs = F.pad(inputs, [p for pair in reversed(padding) for p in pair])
+            symmetric_padding = [0] * len(padding)
+        return _TORCH_CONV[x.ndim - 2](
+            inputs,
+            _as_torch(weight),
+            None if bias is None else _as_torch(bias),
+            stride=[int(s) for s in strides],
+            padding=symmetric_padding,
+            dilation=[int(d) for d in dilations],
+            groups=int(groups),
+        ).numpy()
+
+    return _row_by_row(num, convolve, x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,6 +574,8 @@ def reshape(num: Numerics, x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     # A 0 copies the matching axis of x, counted from the right (iOS17 semantics, which agree
     # with iOS15's whenever len(shape) == x.ndim); a 0 left of every axis of x is 1.
     target = [int(size) for size in shape]
+    if num.rows > 1 and target[:1] == [1]:
+        target[0] = num.rows  # a batched call's rows stay leading (executor.py)
     offset = x.ndim - len(target)
     for i, size in enumerate(target):
         if size == 0:

@@ -31,11 +31,14 @@ from edge_conformer.mil.package import import_coremltools
 from edge_conformer.model.subsampling import SUBSAMPLING_FACTOR
 from edge_conformer.runtime.checkpoint import TOKENIZER_FILE
 from edge_conformer.runtime.windowing import (
+    BatchLogitsFn,
     LogitsFn,
     PackagePredict,
     WindowSpec,
     package_window_runner,
+    package_windows_runner,
     windowed_logits,
+    windowed_logits_of,
 )
 
 PACKAGE_DIR = "model.mlpackage"
@@ -148,8 +151,15 @@ def package_executor(bundle: Bundle, mode: str, package: Path | None = None) -> 
 
 def executor_logits(bundle: Bundle, executor: PackageExecutor) -> LogitsFn:
     """Utterance logits from the package run by the FP16 executor (any OS)."""
-    run_window = package_window_runner(lambda inputs: executor(**inputs))
-    return lambda features: windowed_logits(features, run_window, bundle.window)
+    logits_of = executor_batch_logits(bundle, executor)
+    return lambda features: logits_of([features])[0]
+
+
+def executor_batch_logits(bundle: Bundle, executor: PackageExecutor) -> BatchLogitsFn:
+    """`executor_logits` of several utterances, all their windows in one batched call (the
+    same logits, the executor's cost per op shared among them)."""
+    run_windows = package_windows_runner(lambda inputs: executor(**inputs))
+    return lambda utterances: windowed_logits_of(utterances, run_windows, bundle.window)
 
 
 def coreml_logits(bundle: Bundle) -> LogitsFn:

@@ -195,34 +195,60 @@ class StreamPackage:
         """One chunk of k <= 4C feature frames (k, n_mels) -> logits of its valid encoder frames
         (ceil(k / 4), vocab + 1) and the caches for the next chunk. k < 4C only at a stream's
         end: the chunk is zero padded and its feature_mask marks the k valid frames."""
-        frames, n_mels = chunk_features.shape
-        if not 0 < frames <= self.feature_frames or n_mels != self.n_mels:
-            raise ValueError(
-                f"a chunk takes 1 to {self.feature_frames} frames of {self.n_mels} mels, got "
-                f"shape {tuple(chunk_features.shape)}"
-            )
-        features = np.zeros((1, n_mels, 1, self.feature_frames), np.float32)
-        features[0, :, 0, :frames] = chunk_features.detach().cpu().float().numpy().T
-        feature_mask = np.zeros((1, 1, 1, self.feature_frames), np.float32)
-        feature_mask[..., :frames] = 1.0
+        logits, next_caches = self.step_rows([chunk_features], caches)
+        return logits[0], next_caches
+
+    def step_rows(self, chunks: list[torch.Tensor], caches: Mapping[str, np.ndarray]
+                  ) -> tuple[list[torch.Tensor], Arrays]:
+        """`step` for the chunks of several streams at once, their caches stacked as rows:
+        one call of a `predict` that takes a batch (the executor's), one row per stream."""
+        features = np.zeros((len(chunks), self.n_mels, 1, self.feature_frames), np.float32)
+        feature_mask = np.zeros((len(chunks), 1, 1, self.feature_frames), np.float32)
+        for row, chunk in enumerate(chunks):
+            frames, n_mels = chunk.shape
+            if not 0 < frames <= self.feature_frames or n_mels != self.n_mels:
+                raise ValueError(
+                    f"a chunk takes 1 to {self.feature_frames} frames of {self.n_mels} mels, "
+                    f"got shape {tuple(chunk.shape)}"
+                )
+            features[row, :, 0, :frames] = chunk.detach().cpu().float().numpy().T
+            feature_mask[row, ..., :frames] = 1.0
         outputs = self.predict({"features": features, "feature_mask": feature_mask, **caches})
-        logits = np.asarray(outputs[LOGITS], dtype=np.float32)[0, :, 0, : output_frames(frames)]
+        logits = np.asarray(outputs[LOGITS], dtype=np.float32)
+        rows = [torch.from_numpy(logits[row, :, 0, : output_frames(chunk.shape[0])].T.copy())
+                for row, chunk in enumerate(chunks)]
         next_caches = {
             name: np.asarray(outputs[output], dtype=np.float32)
             for name, output in self.cache_outputs.items()
         }
-        return torch.from_numpy(logits.T.copy()), next_caches
+        return rows, next_caches
 
 
 def stream_package_logits(package: StreamPackage, feats: torch.Tensor) -> torch.Tensor:
     """Logits (output_frames(T), vocab + 1) of one utterance's features (T, n_mels), streamed
     through `package` chunk by chunk from zero caches: in exact arithmetic what
     `edge_conformer.model.streaming.stream_logits` computes with the package's context."""
-    if feats.shape[0] == 0:
-        raise ValueError("stream_package_logits: the utterance has no feature frames")
-    caches = package.initial_caches()
-    pieces = []
-    for start in range(0, feats.shape[0], package.feature_frames):
-        logits, caches = package.step(feats[start : start + package.feature_frames], caches)
-        pieces.append(logits)
-    return torch.cat(pieces)
+    return stream_package_logits_of(package, [feats])[0]
+
+
+def stream_package_logits_of(package: StreamPackage, utterances: list[torch.Tensor]
+                             ) -> list[torch.Tensor]:
+    """`stream_package_logits` of several utterances, streamed side by side: their k-th chunks
+    go through `package` in one call (a `predict` that takes a batch: the executor's), each
+    with its own caches. An utterance whose chunks are done leaves the batch."""
+    if any(feats.shape[0] == 0 for feats in utterances):
+        raise ValueError("stream_package_logits: an utterance has no feature frames")
+    chunk = package.feature_frames
+    longest_first = sorted(range(len(utterances)), key=lambda i: -utterances[i].shape[0])
+    caches = {name: np.concatenate([value] * len(utterances))
+              for name, value in package.initial_caches().items()}
+    pieces: list[list[torch.Tensor]] = [[] for _ in utterances]
+    for start in range(0, utterances[longest_first[0]].shape[0], chunk):
+        streaming = [i for i in longest_first if utterances[i].shape[0] > start]
+        caches = {name: value[: len(streaming)] for name, value in caches.items()}
+        logits, caches = package.step_rows(
+            [utterances[i][start : start + chunk] for i in streaming], caches
+        )
+        for i, row in zip(streaming, logits, strict=True):
+            pieces[i].append(row)
+    return [torch.cat(rows) for rows in pieces]

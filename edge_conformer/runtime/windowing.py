@@ -33,6 +33,15 @@ WindowRunner = Callable[[torch.Tensor, int], torch.Tensor]
 PackagePredict = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 # An utterance's recogniser: features (N, n_mels) -> logits (output_frames(N), vocab + 1).
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+# Several utterances' recogniser: a LogitsFn over a list, which may run them together.
+BatchLogitsFn = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+# Several windows at once: (windows (W, T, n_mels), each one's valid frames) -> each one's logits.
+WindowsRunner = Callable[[torch.Tensor, list[int]], list[torch.Tensor]]
+
+
+def one_by_one(logits_fn: LogitsFn) -> BatchLogitsFn:
+    """`logits_fn` as a recogniser of several utterances, each in turn."""
+    return lambda utterances: [logits_fn(features) for features in utterances]
 
 
 def _round_to_subsampling(frames: float) -> int:
@@ -124,16 +133,34 @@ def windowed_logits(
     Each window is zero padded to `spec.window_frames` and handed to `run_window` with its
     count of valid frames; only its kept output frames enter the result.
     """
-    num_frames, num_mels = features.shape
-    pieces = []
-    for start, first, end in kept_output_ranges(num_frames, spec):
-        window = features.new_zeros(spec.window_frames, num_mels)
-        valid = min(spec.window_frames, num_frames - start)
-        window[:valid] = features[start : start + valid]
-        logits = run_window(window, valid)
-        offset = start // SUBSAMPLING_FACTOR
-        pieces.append(logits[first - offset : end - offset])
-    return torch.cat(pieces)
+    def run_windows(windows: torch.Tensor, valid: list[int]) -> list[torch.Tensor]:
+        return [run_window(window, frames) for window, frames in zip(windows, valid, strict=True)]
+
+    return windowed_logits_of([features], run_windows, spec)[0]
+
+
+def windowed_logits_of(
+    utterances: list[torch.Tensor], run_windows: WindowsRunner, spec: WindowSpec
+) -> list[torch.Tensor]:
+    """`windowed_logits` of several utterances, their windows handed to `run_windows` at once."""
+    layouts = [kept_output_ranges(features.shape[0], spec) for features in utterances]
+    windows, valid = [], []
+    for features, layout in zip(utterances, layouts, strict=True):
+        for start, _, _ in layout:
+            window = features.new_zeros(spec.window_frames, features.shape[1])
+            frames = min(spec.window_frames, features.shape[0] - start)
+            window[:frames] = features[start : start + frames]
+            windows.append(window)
+            valid.append(frames)
+    window_logits = iter(run_windows(torch.stack(windows), valid))
+    stitched = []
+    for layout in layouts:
+        pieces = []
+        for start, first, end in layout:
+            offset = start // SUBSAMPLING_FACTOR
+            pieces.append(next(window_logits)[first - offset : end - offset])
+        stitched.append(torch.cat(pieces))
+    return stitched
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,23 +185,33 @@ def torch_window_runner(model: ConformerCTC) -> WindowRunner:
     return run_window
 
 
-def package_inputs(window: torch.Tensor, valid: int) -> dict[str, np.ndarray]:
-    """The package's inputs for one window: channels-first features and a feature-rate mask."""
-    window_frames, num_mels = window.shape
-    features = window.T.reshape(1, num_mels, 1, window_frames)
-    mask = (torch.arange(window_frames) < valid).float().reshape(1, 1, 1, window_frames)
+def package_inputs(windows: torch.Tensor, valid: list[int]) -> dict[str, np.ndarray]:
+    """The package's inputs for windows (W, T, n_mels): channels-first features and a
+    feature-rate mask, one row per window (W > 1: the executor's batched call)."""
+    count, window_frames, num_mels = windows.shape
+    features = windows.transpose(1, 2).reshape(count, num_mels, 1, window_frames)
+    mask = torch.arange(window_frames)[None] < torch.tensor(valid)[:, None]
     return {
         "features": np.ascontiguousarray(features.numpy(), dtype=np.float32),
-        "feature_mask": mask.numpy(),
+        "feature_mask": mask.float().reshape(count, 1, 1, window_frames).numpy(),
     }
 
 
+def package_windows_runner(predict: PackagePredict) -> WindowsRunner:
+    """Run windows through a package in one call: `PackageExecutor` (as `lambda x:
+    executor(**x)`), which takes several as a batch. Logits come back (W, vocab + 1, 1, S)
+    and are turned frame-major."""
+
+    def run_windows(windows: torch.Tensor, valid: list[int]) -> list[torch.Tensor]:
+        logits = np.asarray(predict(package_inputs(windows, valid))["logits"], dtype=np.float32)
+        return [torch.from_numpy(logits[row, :, 0, : output_frames(frames)].T.copy())
+                for row, frames in enumerate(valid)]
+
+    return run_windows
+
+
 def package_window_runner(predict: PackagePredict) -> WindowRunner:
-    """Run windows through a package: `PackageExecutor` (as `lambda x: executor(**x)`) or a
-    Core ML `MLModel.predict`. Logits come back (1, vocab + 1, 1, S) and are turned frame-major."""
-
-    def run_window(window: torch.Tensor, valid: int) -> torch.Tensor:
-        logits = np.asarray(predict(package_inputs(window, valid))["logits"], dtype=np.float32)
-        return torch.from_numpy(logits[0, :, 0, : output_frames(valid)].T.copy())
-
-    return run_window
+    """Run windows through a package one at a time: the executor, or a Core ML
+    `MLModel.predict` (whose package takes one window)."""
+    run_windows = package_windows_runner(predict)
+    return lambda window, valid: run_windows(window[None], [valid])[0]
