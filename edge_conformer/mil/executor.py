@@ -23,16 +23,17 @@ A batch in one call: a program declared for batch 1 (every package export writes
 called with N inputs stacked along that leading axis. Its ops then run once for all N, which
 shares the executor's cost per op (most of a streaming chunk's time) among them, and each
 output row is bit for bit what a call with that row alone gives: the kernels treat the
-leading axis as independent rows (conv and einsum compute row by row, reshape keeps the
-rows). A program with an op that mixes or moves that axis (`batch_barrier`) runs the rows
-one call at a time instead.
+leading axis as independent rows (conv, einsum, matmul and linear compute row by row,
+reshape keeps the rows). A program with an op not known to keep rows apart, or one whose
+parameters mix, move or cut that axis (`batch_barrier`, the first such op), runs the rows one
+call at a time instead.
 Kernels live in `kernels`, the FP16 arithmetic in `fp16`, package reading in `package`.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_conformer.mil.fp16 import MODE_ARITHMETIC, Numerics, count_nonfinite, round_to_fp16
-from edge_conformer.mil.kernels import KERNELS, Kernel
+from edge_conformer.mil.kernels import ELEMENTWISE_OP_TYPES, KERNELS, Kernel
 from edge_conformer.mil.package import load_program
 
 if TYPE_CHECKING:
@@ -367,58 +368,67 @@ def stored_value(value: Any, rounds_to_fp16: bool) -> Any:
     return round_to_fp16(array) if rounds_to_fp16 else array
 
 
-# Ops whose parameters can name the leading axis, and those names.
-_AXIS_PARAMS = ("axis", "axes")
+# Ops whose `axis` or `axes` parameter says where they reduce, join, split or normalise: the
+# rows stay apart unless it names the leading axis.
+_AXIS_OP_TYPES = frozenset({
+    "concat", "split", "stack", "softmax", "layer_norm", "expand_dims", "squeeze", "cumsum",
+    "gather", "gather_along_axis", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min",
+    "reduce_prod", "reduce_sum_square", "reduce_l1_norm", "reduce_l2_norm", "reduce_log_sum",
+    "reduce_log_sum_exp", "reduce_argmax", "reduce_argmin",
+})
 
 
 def _mixes_leading_axis(op: Operation) -> bool:
-    """Whether `op` would mix, move or cut the rows of a batched call (see the module doc).
+    """Whether `op` could mix, move or cut the rows of a batched call (see the module doc).
 
-    Conservative: an op type not known to keep rows independent counts as mixing, except
-    the element-wise ones, whose operands broadcast from a leading 1.
+    Conservative: an op type not listed here as keeping rows apart counts as mixing them.
     """
-    if op.op_type == "const" or _is_constexpr(op):
+    if op.op_type == "const" or _is_constexpr(op) or op.op_type in ELEMENTWISE_OP_TYPES:
         return False
     params = {name: var.val for name, var in op.inputs.items()
               if not isinstance(var, (tuple, list))}
     rank = max((var.rank for var in _input_vars(op) if var.rank is not None), default=0)
-    for name in _AXIS_PARAMS:
-        if name in op.inputs:
-            axes = np.atleast_1d(params[name]) if params[name] is not None else None
-            if axes is None or any(int(axis) % max(rank, 1) == 0 for axis in axes):
-                return True
-    if op.op_type.startswith("reduce_") and "axes" not in op.inputs:
-        return True  # no axes: every axis
-    if op.op_type == "transpose":
-        return int(params["perm"][0]) != 0
-    if op.op_type == "reshape":  # the rows stay leading where the shape keeps a leading 1
-        return int(params["shape"][0]) != 1
-    if op.op_type == "slice_by_index":
-        begins_at_0 = _flag(params.get("begin_mask"), 0) or int(params["begin"][0]) == 0
-        whole = _flag(params.get("end_mask"), 0) and not _flag(params.get("squeeze_mask"), 0)
-        stride = 1 if params.get("stride") is None else int(params["stride"][0])
-        return not (begins_at_0 and whole and stride == 1)
-    if op.op_type in ("matmul", "linear"):  # rows apart only with a leading batch axis
-        return any(var.rank is None or var.rank < 3
-                   for name, var in op.inputs.items() if name in ("x", "y"))
-    if op.op_type == "tile":
-        return len(params["reps"]) != rank or int(params["reps"][0]) != 1
-    if op.op_type == "pad":
-        pads = np.asarray(params["pad"]).reshape(-1, 2)
-        return len(pads) == rank and bool(pads[0].any())
-    return op.op_type in _ROWS_UNKNOWN
+    if op.op_type in _AXIS_OP_TYPES:
+        axes = params.get("axis", params.get("axes"))
+        return axes is None or any(int(a) % max(rank, 1) == 0 for a in np.atleast_1d(axes))
+    check = _ROW_CHECKS.get(op.op_type)
+    return check is None or check(params, rank, op)
 
 
 def _flag(mask: Any, axis: int) -> bool:
     return mask is not None and bool(mask[axis])
 
 
-# Op types whose kernels might combine rows (matrix products over the leading axis, shapes
-# taken whole), so a batched call does not go through them.
-_ROWS_UNKNOWN = frozenset({
-    "scaled_dot_product_attention", "slice_by_size", "gather_nd",
-    "scatter", "scatter_nd", "band_part", "l2_norm", "flatten2d", "shape", "reverse_sequence",
-})
+def _slice_cuts_rows(params: dict[str, Any], rank: int, op: Operation) -> bool:
+    begins_at_0 = _flag(params.get("begin_mask"), 0) or int(params["begin"][0]) == 0
+    whole = _flag(params.get("end_mask"), 0) and not _flag(params.get("squeeze_mask"), 0)
+    stride = 1 if params.get("stride") is None else int(params["stride"][0])
+    return not (begins_at_0 and whole and stride == 1)
+
+
+def _einsum_mixes_rows(params: dict[str, Any], rank: int, op: Operation) -> bool:
+    # The kernel goes row by row when every term leads with one label: the batch's.
+    terms = str(params["equation"]).replace(" ", "").replace("->", ",").split(",")
+    return len({term[:1] for term in terms}) != 1
+
+
+# The other op types that keep rows apart, each with the parameters under which it does (the
+# kernels of conv, einsum, matmul and linear compute row by row; reshape keeps a leading 1 as
+# the rows).
+_ROW_CHECKS: dict[str, Callable[[dict[str, Any], int, Operation], bool]] = {
+    "conv": lambda params, rank, op: False,
+    "einsum": _einsum_mixes_rows,
+    "matmul": lambda params, rank, op: any(
+        var.rank is None or var.rank < 3 for name, var in op.inputs.items() if name in "xy"),
+    "linear": lambda params, rank, op: op.inputs["x"].rank is None or op.inputs["x"].rank < 3,
+    "transpose": lambda params, rank, op: int(params["perm"][0]) != 0,
+    "reshape": lambda params, rank, op: int(params["shape"][0]) != 1,
+    "slice_by_index": _slice_cuts_rows,
+    "tile": lambda params, rank, op: len(params["reps"]) != rank or int(params["reps"][0]) != 1,
+    "pad": lambda params, rank, op: (
+        len(np.asarray(params["pad"])) // 2 == rank and bool(np.asarray(params["pad"])[:2].any())
+    ),
+}
 
 
 def _is_constexpr(op: Operation) -> bool:

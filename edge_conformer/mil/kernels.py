@@ -157,6 +157,14 @@ def _binary_kernel(function: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> 
 KERNELS.update({op_type: _unary_kernel(f) for op_type, f in _UNARY.items()})
 KERNELS.update({op_type: _binary_kernel(f) for op_type, f in _BINARY.items()})
 
+# Ops computed element by element (operands broadcast from a leading 1, parameters per
+# channel at most): the rows of a batched call (executor.py) stay apart in them.
+ELEMENTWISE_OP_TYPES = frozenset(_UNARY) | frozenset(_BINARY) | {
+    "inverse", "rsqrt", "log", "clip", "threshold", "thresholded_relu", "leaky_relu", "elu",
+    "prelu", "linear_activation", "scaled_tanh", "sigmoid_hard", "gelu", "cast", "select",
+    "fill_like", "batch_norm",
+}
+
 
 # ---------------------------------------------------------------------------------------------
 # Elementwise ops with parameters
