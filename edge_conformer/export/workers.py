@@ -150,7 +150,8 @@ def fp16_logits(
     global _job
     _job = (fp16, executor)
     try:
-        # The pool reads the tasks lazily, in a thread of its own.
+        # The pool reads the tasks in a thread of its own, ahead of the results: the lazy
+        # utterances (FP32 references, features) are computed there while workers decode.
         with multiprocessing.get_context("fork").Pool(workers, _init_worker) as pool:
             # As NumPy arrays both ways: torch would pass tensors through shared memory and
             # file descriptors, whose hand-over thread a pool's closing can cut short.
