@@ -106,6 +106,7 @@ def test_export_help_shows_only_export_knobs(capsys):
     ("export", ["ckpt=x", "out=y", "export.overlap_seconds=8"],
      "export.overlap_seconds=8.0 must lie in [0, window_seconds=8.0)"),
     ("export", ["ckpt=x"], "out: no value; give one with out=..."),
+    ("export", ["ckpt=x", "out=y", "export.workers=0"], "export.workers=0 must be >= 1"),
 ])
 def test_checked_entry_names_the_knob(config_name, argv, names, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from conftest import REPO
-from edge_conformer.config.entry import check_command_line
 from edge_conformer.export.workers import (
     UTTERANCES_PER_TASK,
     NonfiniteTally,
@@ -100,10 +98,3 @@ def test_workers_default_to_the_usable_cores_on_linux(monkeypatch) -> None:
     monkeypatch.setattr(sys, "platform", "darwin")
     assert usable_workers(None) == 1 and usable_workers(4) == 1
 
-
-def test_zero_workers_is_one_line_naming_the_knob(capsys) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        check_command_line(REPO / "conf", "export", ["ckpt=x", "out=y", "export.workers=0"])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 1 and len(err.strip().splitlines()) == 1
-    assert "export.workers=0 must be >= 1" in err
