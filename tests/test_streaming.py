@@ -222,6 +222,17 @@ def test_chunk_draws_are_seeded_by_seed_and_step():
     assert all(always.draw(0, step) is not None for step in range(100))
 
 
+def test_chunks_from_step_trains_full_context_before_it_and_draws_as_before_after():
+    late = DynamicChunks(enabled=True, full_context_share=0.0, chunks_from_step=300)
+    assert all(late.draw(0, step) is None for step in range(300))
+    usual = DynamicChunks(enabled=True, full_context_share=0.0)
+    assert [late.draw(0, step) for step in range(300, 400)] == [
+        usual.draw(0, step) for step in range(300, 400)
+    ]
+    with pytest.raises(ValueError, match="model.streaming.chunks_from_step must be >= 0"):
+        DynamicChunks(enabled=True, chunks_from_step=-1)
+
+
 def test_drawn_left_rounds_down_to_whole_chunks():
     def lefts(left: int) -> set[int]:
         chunks = DynamicChunks(enabled=True, full_context_share=0.0, chunk_sizes=(24,),

@@ -70,6 +70,7 @@ class StreamingConfig:
 
     enabled: bool = MISSING
     full_context_share: float = MISSING
+    chunks_from_step: int = 0
     chunk_sizes: list[int] = MISSING
     left_contexts: list[int] = MISSING
     eval_chunk: int = MISSING
@@ -77,6 +78,7 @@ class StreamingConfig:
 
     def __post_init__(self) -> None:
         require_share("full_context_share", self.full_context_share)
+        require_at_least(self, 0, "chunks_from_step")
         sizes, lefts = list(self.chunk_sizes), list(self.left_contexts)
         require(bool(sizes) and min(sizes) >= 1, "chunk_sizes", sizes, "must be >= 1 each")
         require(bool(lefts) and min(lefts) >= -1, "left_contexts", lefts,

@@ -26,6 +26,9 @@ class DynamicChunks:
 
     enabled: bool = False
     full_context_share: float = 0.5  # share of training batches at full context
+    # Steps before this one all train at full context: the model learns the task offline
+    # first, then the chunk masks (0: chunks from the first step, as WeNet).
+    chunks_from_step: int = 0
     chunk_sizes: tuple[int, ...] = (4, 8, 16, 32)
     left_contexts: tuple[int, ...] = (32, 64, -1)  # -1: unlimited
     eval_chunk: int = 16  # the deployed setting, validated as val/wer_stream
@@ -36,6 +39,8 @@ class DynamicChunks:
             raise ValueError(
                 f"{KNOB}.full_context_share must lie in [0, 1], got {self.full_context_share}"
             )
+        if self.chunks_from_step < 0:
+            raise ValueError(f"{KNOB}.chunks_from_step must be >= 0, got {self.chunks_from_step}")
         if not self.chunk_sizes or min(self.chunk_sizes) < 1:
             raise ValueError(f"{KNOB}.chunk_sizes must be positive, got {self.chunk_sizes}")
         if not self.left_contexts or min(self.left_contexts) < -1:
@@ -67,6 +72,8 @@ class DynamicChunks:
         A left context that is not a multiple of the drawn chunk is rounded down to one, and
         to at least one chunk.
         """
+        if step < self.chunks_from_step:
+            return None
         generator = torch.Generator().manual_seed(_step_seed(seed, step))
         if torch.rand((), generator=generator) < self.full_context_share:
             return None
