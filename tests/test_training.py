@@ -63,7 +63,10 @@ def test_run_writes_results_and_checkpoints(uninterrupted):
     assert set(results["test"]) == {"test", "unseen_speaker"}
     for rates in results["test"].values():
         assert 0 <= rates["wer"] <= 100 * 8 and rates["utterances"] == 8
-    assert (uninterrupted / "checkpoints" / "last.ckpt").is_file()
+    # The whole run's totals, not those of the tested (best) checkpoint's step.
+    last = torch.load(uninterrupted / "checkpoints" / "last.ckpt", weights_only=False)
+    assert results["train_audio_seconds"] == round(last["edge_conformer"]["audio_seconds"], 2)
+    assert results["train_wall_seconds"] >= round(last["edge_conformer"]["train_seconds"], 2)
 
 
 def _validation_wers(run_dir: Path) -> dict[int, float]:

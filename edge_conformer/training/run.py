@@ -107,6 +107,10 @@ def train(cfg: DictConfig, run_dir: Path) -> RunResults:
     if resume_from:
         log.info("resuming from %s", resume_from)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    # The run's totals, read before testing: loading the tested checkpoint (the best, often
+    # before the last step) restores the counters it was saved with.
+    train_seconds, audio_seconds = module.train_seconds, module.audio_seconds
+    skipped_utterances = module.skipped_utterances
     tested = _test_checkpoint(*checkpoints)
     trainer.test(module, datamodule=datamodule, ckpt_path=tested)
 
@@ -118,10 +122,10 @@ def train(cfg: DictConfig, run_dir: Path) -> RunResults:
         parameters=count_parameters(model),
         vocab_size=datamodule.tokenizer.vocab_size,
         train_steps=trainer.global_step,
-        train_wall_seconds=round(module.train_seconds, 2),
-        train_audio_seconds=round(module.audio_seconds, 2),
-        audio_seconds_per_second=round(module.audio_seconds / max(module.train_seconds, 1e-9), 2),
-        skipped_utterances=module.skipped_utterances,
+        train_wall_seconds=round(train_seconds, 2),
+        train_audio_seconds=round(audio_seconds, 2),
+        audio_seconds_per_second=round(audio_seconds / max(train_seconds, 1e-9), 2),
+        skipped_utterances=skipped_utterances,
         checkpoint=tested,
         test=dict(module.test_results),
         wandb_run_id=logger.version if isinstance(logger, WandbLogger) else None,
