@@ -149,7 +149,7 @@ class RunResults(Record):
     train_audio_seconds: float  # audio trained on by all ranks together
     audio_seconds_per_second: float  # training throughput
     skipped_utterances: int  # bad data dropped by the DataModule
-    checkpoint: str  # the tested checkpoint: the best validated one, else the last
+    checkpoint: str  # the tested checkpoint (conf/train.yaml test_checkpoint): last or best
     test: dict[str, ErrorRates]  # by test set, in the config's order
     wandb_run_id: str | None  # None when the run did not log to W&B
 

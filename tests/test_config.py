@@ -63,6 +63,8 @@ def run_entry(script: str, *args: str, cwd: Path, python_flags: tuple[str, ...] 
     ("optim.schedule=step", "optim.schedule='step' is not one of: cosine, noam"),
     ("trainer.max_steps=abc", "trainer.max_steps: Value 'abc'"),
     ("data.max_duration=-1", "data.max_duration=-1.0 must be > 0"),
+    ("test_checkpoint=first", "test_checkpoint='first' is not one of: last, best"),
+    ("checkpoint_every_n_steps=0", "checkpoint_every_n_steps=0 must be >= 1"),
 ])
 def test_a_bad_knob_fails_in_one_line_before_any_work(override, names, tmp_path):
     done, cpu_seconds = run_entry("train.py", override, cwd=tmp_path)

@@ -67,6 +67,7 @@ def test_run_writes_results_and_checkpoints(uninterrupted):
     last = torch.load(uninterrupted / "checkpoints" / "last.ckpt", weights_only=False)
     assert results["train_audio_seconds"] == round(last["edge_conformer"]["audio_seconds"], 2)
     assert results["train_wall_seconds"] >= round(last["edge_conformer"]["train_seconds"], 2)
+    assert results["checkpoint"] == str(uninterrupted / "checkpoints" / "last.ckpt")
 
 
 def _validation_wers(run_dir: Path) -> dict[int, float]:
@@ -89,12 +90,16 @@ def test_best_checkpoint_is_the_best_validation(uninterrupted):
 def test_n_steps_then_resume_then_m_steps_equals_n_plus_m(train_args, uninterrupted, tmp_path):
     # Stopping at step 4, which both validates and saves, also checks that the resumed run
     # remembers that validation: one best checkpoint at the end, the uninterrupted run's.
+    # test_checkpoint=best: the resumed run tests (and export takes) the best validated one.
     run_train(*train_args, "trainer.max_steps=4", f"hydra.run.dir={tmp_path}")
-    run_train(*train_args, "trainer.max_steps=10", f"hydra.run.dir={tmp_path}")
+    run_train(*train_args, "trainer.max_steps=10", "test_checkpoint=best",
+              f"hydra.run.dir={tmp_path}")
     assert_same_weights(uninterrupted / "checkpoints" / "last.ckpt",
                         tmp_path / "checkpoints" / "last.ckpt")
     best = sorted(p.name for p in (tmp_path / "checkpoints").glob("best-*.ckpt"))
     assert best == [p.name for p in (uninterrupted / "checkpoints").glob("best-*.ckpt")]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert Path(results["checkpoint"]).name == best[0]
 
 
 def test_resume_with_dynamic_chunk_training_equals_uninterrupted(train_args, tmp_path):

@@ -97,12 +97,12 @@ def check_config(cfg: DictConfig) -> None:
     if missing:  # `???` in the YAML: values only the command line can give
         raise ConfigError(f"{', '.join(missing)}: no value; give one with "
                           + " ".join(f"{key}=..." for key in missing))
-    for node, key in nodes:
+    for node, key in [*nodes, (cfg, "")]:  # the root last: its own top-level knobs
         if isinstance(node, DictConfig) and OmegaConf.get_type(node) not in (dict, None):
             try:
                 OmegaConf.to_object(node)
             except ConfigError as error:
-                raise ConfigError(f"{key}.{error}") from error
+                raise ConfigError(f"{key}.{error}" if key else str(error)) from error
 
 
 def _nodes(node: DictConfig, key: str) -> Iterator[tuple[Node, str]]:

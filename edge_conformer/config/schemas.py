@@ -28,6 +28,7 @@ FEATURE_NORMALIZATIONS = ("utterance", "global", "running", "none")  # data/feat
 TOKENIZER_TYPES = ("unigram", "bpe", "char", "word")  # sentencepiece's model types
 BAD_DATA_POLICIES = ("skip", "error")  # edge_conformer/data/corpora/*
 NOISE_COLORS = ("white", "pink", "brown")  # edge_conformer/data/augment.py
+TEST_CHECKPOINTS = ("last", "best")  # conf/train.yaml test_checkpoint (training/run.py)
 PRENORMALIZERS = ("none", "maxabs", "mad")  # edge_conformer/numerics/prenorm.py
 # The executor's fp32 mode checks the executor itself: as a gate it would prove nothing of FP16.
 GATE_EXECUTOR_MODES = ("fp16", "fp16-strict")
@@ -558,12 +559,14 @@ class TrainConfig:
     seed: int = MISSING
     resume: bool = MISSING
     checkpoint_every_n_steps: int = MISSING
+    test_checkpoint: str = MISSING
     averaging: AveragingConfig = MISSING
     run_name: str = MISSING
     sweep_name: str = MISSING
 
     def __post_init__(self) -> None:
         require_at_least(self, 1, "checkpoint_every_n_steps")
+        require_choice("test_checkpoint", self.test_checkpoint, TEST_CHECKPOINTS)
 
 
 def require_fixed_left_context(chunk_key: str, chunk: int, left_key: str, left: int) -> None:

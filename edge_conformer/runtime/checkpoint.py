@@ -4,7 +4,7 @@ Checkpoints written by `edge_conformer.training` carry everything: the Lightning
 (keys prefixed "model."), and under "edge_conformer" the resolved Hydra config, the
 SentencePiece model bytes and, for `data.features.normalize=global`, the feature statistics.
 Users may also point at a run directory, whose results.json names the checkpoint that was
-tested (the best validated one, or the last).
+tested (conf/train.yaml test_checkpoint: the last, or the best validated one).
 """
 
 from __future__ import annotations

@@ -46,9 +46,12 @@ def _checkpoint_callbacks(run_dir: Path, every_n_steps: int) -> tuple[ModelCheck
     return last, best
 
 
-def _test_checkpoint(last: ModelCheckpoint, best: ModelCheckpoint) -> str:
-    """Test the best validated checkpoint; the last one if validation never ran."""
-    return best.best_model_path or last.last_model_path
+def _test_checkpoint(which: str, last: ModelCheckpoint, best: ModelCheckpoint) -> str:
+    """The checkpoint `test_checkpoint` names: the last, or the best validated one (the last
+    if validation never ran)."""
+    if which == "best" and best.best_model_path:
+        return best.best_model_path
+    return last.last_model_path
 
 
 def build_datamodule(cfg: DictConfig) -> SpeechDataModule:
@@ -111,7 +114,7 @@ def train(cfg: DictConfig, run_dir: Path) -> RunResults:
     # before the last step) restores the counters it was saved with.
     train_seconds, audio_seconds = module.train_seconds, module.audio_seconds
     skipped_utterances = module.skipped_utterances
-    tested = _test_checkpoint(*checkpoints)
+    tested = _test_checkpoint(cfg.test_checkpoint, *checkpoints)
     trainer.test(module, datamodule=datamodule, ckpt_path=tested)
 
     results = RunResults(
