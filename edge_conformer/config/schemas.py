@@ -71,7 +71,7 @@ class StreamingConfig:
 
     enabled: bool = MISSING
     full_context_share: float = MISSING
-    chunks_from_step: int = 0
+    chunks_from_step: int = MISSING
     chunk_sizes: list[int] = MISSING
     left_contexts: list[int] = MISSING
     eval_chunk: int = MISSING

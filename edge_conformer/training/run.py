@@ -110,8 +110,9 @@ def train(cfg: DictConfig, run_dir: Path) -> RunResults:
     if resume_from:
         log.info("resuming from %s", resume_from)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    # The run's totals, read before testing: loading the tested checkpoint (the best, often
-    # before the last step) restores the counters it was saved with.
+    # The run's totals, read before testing: loading the tested checkpoint restores the
+    # counters it was saved with (the best's step may precede the last; last.ckpt was written
+    # before the final validation).
     train_seconds, audio_seconds = module.train_seconds, module.audio_seconds
     skipped_utterances = module.skipped_utterances
     tested = _test_checkpoint(cfg.test_checkpoint, *checkpoints)
